@@ -1,0 +1,268 @@
+//! The TOML schema. Unknown keys are errors everywhere (`deny_unknown_fields`).
+//! Values that need checks beyond their type are `Spanned` so the check can point at them.
+
+use super::Dur;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+/// `cong.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MainConfig {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Listening addresses for citizen traffic. Default: `0.0.0.0:8080` and `[::]:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<ListenConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Tenants written inline in the main file (small setups and tests).
+    #[serde(default)]
+    pub tenant: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Worker threads of the proxy service. Default: number of CPUs.
+    pub threads: Option<usize>,
+    /// How long in-flight requests may run after SIGTERM before the process exits.
+    #[serde(default = "default_grace")]
+    pub grace_period: Dur,
+    /// Extra time given to runtimes to stop after the grace period.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Dur,
+    /// Directory of tenant files, relative to the main file. Default `tenants.d`.
+    pub tenants_dir: Option<Spanned<String>>,
+    /// Tenant that receives requests for a bare IP address or with no Host.
+    pub default_tenant: Option<Spanned<String>>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed (CIDRs).
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Socket used to hand listening sockets to a new binary during upgrade.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+    /// PID file written at start.
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
+    /// Accept HTTP/2 without TLS (prior knowledge) on plain listeners.
+    #[serde(default = "yes")]
+    pub h2c: bool,
+    /// Write one access log line per request to standard error.
+    #[serde(default = "yes")]
+    pub access_log: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            threads: None,
+            grace_period: default_grace(),
+            shutdown_timeout: default_shutdown_timeout(),
+            tenants_dir: None,
+            default_tenant: None,
+            trusted_proxies: Vec::new(),
+            upgrade_sock: default_upgrade_sock(),
+            pid_file: default_pid_file(),
+            h2c: true,
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// `IP:PORT`; IPv6 in brackets, e.g. `[::]:443`.
+    pub address: Spanned<String>,
+    /// For IPv6 addresses: accept only IPv6 (default true, so a separate IPv4 listener on the
+    /// same port can coexist). Set false to serve IPv4 too from one `[::]` socket.
+    pub ipv6_only: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener (health, readiness; later metrics and API).
+    #[serde(default = "default_admin")]
+    pub address: Spanned<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: default_admin(),
+        }
+    }
+}
+
+/// One tenant: a portal with its host names, path routes and upstream pools.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Stable identifier used in logs and metrics: lower-case letters, digits, `-`, `_`.
+    pub id: Spanned<String>,
+    /// Human-readable name (Vietnamese welcome).
+    pub name: Option<String>,
+    /// Exact names, aliases and wildcards (`*.campha.quangninh.gov.vn`). Unicode names are
+    /// converted to punycode.
+    pub hosts: Vec<Spanned<String>>,
+    /// Pool used when no path route matches. Optional when the tenant has one pool.
+    pub default_pool: Option<Spanned<String>>,
+    /// Path-prefix routes to other pools; the longest matching prefix wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Upstream pools by name.
+    pub pools: BTreeMap<String, PoolConfig>,
+    /// Directory with `404.html`, `502.html`, `503.html`, `504.html` overriding the built-in
+    /// pages; `{{request_id}}` and `{{status}}` are replaced.
+    pub error_pages: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path prefix, matched on segment boundaries (`/sites/en` matches `/sites/en/x`, not
+    /// `/sites/english`).
+    pub path: Spanned<String>,
+    pub pool: Spanned<String>,
+    /// Remove the prefix before forwarding (`/sites/en/x` reaches the pool as `/x`).
+    #[serde(default)]
+    pub strip_prefix: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    /// Consistent (rendezvous) hash on the client address.
+    IpHash,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// `IP:PORT`, `[IPv6]:PORT` or `name:PORT` (resolved by DNS, A and AAAA).
+    #[serde(default)]
+    pub backends: Vec<Spanned<String>>,
+    /// Serve files from this directory instead of proxying (`builtin:demo` for the demo site).
+    pub static_root: Option<Spanned<String>>,
+    #[serde(default)]
+    pub balance: Balance,
+    /// Connect to backends over TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// SNI and name verified on backend certificates. Default: the request's host.
+    pub sni: Option<String>,
+    /// Verify backend certificates (default true).
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+    /// CA bundle (PEM) to verify backend certificates instead of the system roots.
+    pub ca_file: Option<Spanned<String>>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Time to wait for each read from the backend (including the response header).
+    #[serde(default = "default_rw_timeout")]
+    pub read_timeout: Dur,
+    #[serde(default = "default_rw_timeout")]
+    pub write_timeout: Dur,
+    /// How long an idle pooled connection to a backend is kept.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// Consecutive failed requests (connect errors, timeouts) that take a backend out.
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    /// How long a backend taken out by failed requests stays out.
+    #[serde(default = "default_fail_timeout")]
+    pub fail_timeout: Dur,
+    /// Retries of idempotent requests on another backend.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    pub health: Option<HealthConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Host header of the probe. Default: the backend address.
+    pub host: Option<String>,
+    /// Accepted statuses: `"200"`, `"200-399"`, or a list like `"200,204,301-302"`.
+    #[serde(default = "default_expect")]
+    pub expect_status: Spanned<String>,
+    #[serde(default = "default_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Dur,
+    /// Consecutive successes that bring a backend back.
+    #[serde(default = "default_rise_fall")]
+    pub rise: u32,
+    /// Consecutive failures that take a backend out.
+    #[serde(default = "default_rise_fall")]
+    pub fall: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_grace() -> Dur {
+    Dur::secs(10)
+}
+fn default_shutdown_timeout() -> Dur {
+    Dur::secs(5)
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/cong-upgrade.sock".into()
+}
+fn default_pid_file() -> String {
+    "/tmp/cong.pid".into()
+}
+fn default_admin() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9900".into())
+}
+fn default_listen() -> Vec<ListenConfig> {
+    ["0.0.0.0:8080", "[::]:8080"]
+        .into_iter()
+        .map(|a| ListenConfig {
+            address: Spanned::new(0..0, a.into()),
+            ipv6_only: None,
+        })
+        .collect()
+}
+fn default_connect_timeout() -> Dur {
+    Dur::secs(3)
+}
+fn default_rw_timeout() -> Dur {
+    Dur::secs(30)
+}
+fn default_idle_timeout() -> Dur {
+    Dur::secs(60)
+}
+fn default_max_fails() -> u32 {
+    1
+}
+fn default_fail_timeout() -> Dur {
+    Dur::secs(10)
+}
+fn default_retries() -> u32 {
+    1
+}
+fn default_health_path() -> String {
+    "/".into()
+}
+fn default_expect() -> Spanned<String> {
+    Spanned::new(0..0, "200-399".into())
+}
+fn default_interval() -> Dur {
+    Dur::secs(5)
+}
+fn default_health_timeout() -> Dur {
+    Dur::secs(2)
+}
+fn default_rise_fall() -> u32 {
+    2
+}

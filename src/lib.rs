@@ -1,0 +1,19 @@
+//! cong: one gateway process in front of every web portal a province hosts.
+//!
+//! The library holds everything; `main.rs` only parses the command line. The request path is
+//! `proxy` (one pipeline); each feature lives in its own module and plugs into it:
+//! `routing` (host/path → tenant/pool), `upstream` (pools, health, DNS), `static_origin`,
+//! `forwarded` (client address, forwarding headers), `pages` (error pages), `admin`,
+//! `config` (file format) and `gateway` (the runtime snapshot built from a config), with
+//! `server` wiring them into pingora.
+
+pub mod admin;
+pub mod config;
+pub mod forwarded;
+pub mod gateway;
+pub mod pages;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod static_origin;
+pub mod upstream;

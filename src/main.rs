@@ -1,0 +1,106 @@
+//! The `cong` command: parses arguments and calls into the library.
+
+use clap::{Parser, Subcommand};
+use cong::config::Config;
+use cong::gateway::Snapshot;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Where `cong run` and `cong check` look when no `-c` is given.
+const SYSTEM_CONFIG: &str = "/etc/cong/cong.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "cong",
+    version,
+    about = "Gateway for provincial government web portals"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Run {
+        /// Main configuration file. Default: /etc/cong/cong.toml if it exists, else the
+        /// built-in demo configuration.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Take the listening sockets over from a running cong (binary upgrade).
+        #[arg(short, long)]
+        upgrade: bool,
+    },
+    /// Validate the configuration without starting.
+    Check {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, String> {
+    let path = path.or_else(|| {
+        Path::new(SYSTEM_CONFIG)
+            .exists()
+            .then(|| PathBuf::from(SYSTEM_CONFIG))
+    });
+    match path {
+        Some(p) => Config::load(&p).map_err(|e| e.to_string()),
+        None => Config::builtin().map_err(|e| e.to_string()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Version => {
+            println!("cong {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Cmd::Check { config } => match load(config).and_then(|c| {
+            Snapshot::build(&c)
+                .map(|s| (c, s))
+                .map_err(|e| e.to_string())
+        }) {
+            Ok((cfg, snap)) => {
+                let hosts: usize = snap.tenants.iter().map(|t| t.hosts.len()).sum();
+                let pools: usize = snap.tenants.iter().map(|t| t.pools.len()).sum();
+                println!(
+                    "{}: ok ({} tenants, {} host names, {} pools)",
+                    cfg.main_source.path,
+                    snap.tenants.len(),
+                    hosts,
+                    pools
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run { config, upgrade } => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+                .format_timestamp_millis()
+                .init();
+            let cfg = match load(config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if cfg.builtin {
+                log::info!("no configuration file given: using the built-in demo configuration");
+            }
+            if let Err(e) = cong::server::run(cfg, upgrade) {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}

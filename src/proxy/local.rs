@@ -1,0 +1,141 @@
+//! Responses the gateway writes itself: error pages and static-origin files.
+
+use super::Ctx;
+use crate::pages;
+use crate::static_origin::StaticOrigin;
+use bytes::Bytes;
+use http::Method;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use std::time::SystemTime;
+
+/// Writes the tenant's (or the built-in) page for `status`; returns `Ok(true)` so the
+/// pipeline stops here.
+pub async fn respond_page(session: &mut Session, ctx: &mut Ctx, status: u16) -> Result<bool> {
+    let body = match (&ctx.snapshot, ctx.tenant) {
+        (Some(s), Some(t)) => s.tenants[t as usize]
+            .error_pages
+            .render(status, &ctx.request_id),
+        _ => Bytes::from(pages::builtin(status, &ctx.request_id)),
+    };
+    let mut resp = ResponseHeader::build(status, Some(6))?;
+    resp.insert_header("Content-Type", "text/html; charset=utf-8")?;
+    resp.insert_header("Content-Length", body.len().to_string())?;
+    resp.insert_header("Cache-Control", "no-store")?;
+    resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    if status == 503 {
+        resp.insert_header("Retry-After", "30")?;
+    }
+    ctx.local_status = Some(status);
+    write(session, resp, body).await?;
+    Ok(true)
+}
+
+async fn write(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Result<()> {
+    let head = session.req_header().method == Method::HEAD;
+    session.write_response_header(Box::new(resp), head).await?;
+    if !head {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Serves a file of a static-origin pool.
+pub async fn serve_static(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    origin: &StaticOrigin,
+) -> Result<bool> {
+    let method = session.req_header().method.clone();
+    if method != Method::GET && method != Method::HEAD {
+        let mut resp = ResponseHeader::build(405, Some(4))?;
+        resp.insert_header("Allow", "GET, HEAD")?;
+        resp.insert_header("Content-Length", "0")?;
+        resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        ctx.local_status = Some(405);
+        session.write_response_header(Box::new(resp), true).await?;
+        return Ok(true);
+    }
+    let path = session.req_header().uri.path().to_string();
+    let path = match ctx.strip_prefix {
+        Some(n) => path.get(n..).unwrap_or("/").to_string(),
+        None => path,
+    };
+    let Some(file) = origin.lookup(&path).await else {
+        return respond_page(session, ctx, 404).await;
+    };
+    let last_modified = file.last_modified.map(httpdate);
+    if let (Some(lm), Some(ims)) = (
+        &last_modified,
+        session
+            .req_header()
+            .headers
+            .get("if-modified-since")
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        if lm == ims {
+            let mut resp = ResponseHeader::build(304, Some(3))?;
+            resp.insert_header("Last-Modified", lm.as_str())?;
+            resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+            ctx.local_status = Some(304);
+            session.write_response_header(Box::new(resp), true).await?;
+            return Ok(true);
+        }
+    }
+    let mut resp = ResponseHeader::build(200, Some(5))?;
+    resp.insert_header("Content-Type", file.content_type)?;
+    resp.insert_header("Content-Length", file.body.len().to_string())?;
+    if let Some(lm) = last_modified {
+        resp.insert_header("Last-Modified", lm)?;
+    }
+    resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    ctx.local_status = Some(200);
+    write(session, resp, file.body).await?;
+    Ok(true)
+}
+
+/// IMF-fixdate (RFC 9110) without pulling in a date crate.
+fn httpdate(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    let (y, mo, d) = civil_from_days(days as i64);
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(mo - 1) as usize];
+    format!("{weekday}, {d:02} {month} {y} {h:02}:{m:02}:{s:02} GMT")
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z.rem_euclid(146097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn http_dates() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(784111777);
+        assert_eq!(httpdate(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(httpdate(t), "Wed, 18 Nov 2026 11:06:40 GMT");
+    }
+}

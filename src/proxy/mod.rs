@@ -1,0 +1,386 @@
+//! The request pipeline: the one `ProxyHttp` implementation, read top to bottom.
+//!
+//! request_filter: identify (request id, real client address) → route (host → tenant, path →
+//! pool) → [later steps plug in here: ACME challenge, redirects/maintenance, access rules,
+//! rate limits, WAF, cache] → serve locally (static origin) or continue to upstream_peer:
+//! choose a backend → upstream_request_filter: forwarding headers → response → logging.
+//! Failures map to honest 502/503/504 pages. Each step calls one module's entry point; the
+//! feature modules do not call each other.
+
+mod local;
+
+use crate::forwarded;
+use crate::gateway::{Gateway, Snapshot};
+use crate::routing::{normalize_request_host, HostKey};
+use crate::upstream::{Endpoint, InflightGuard, Pool, PoolKind};
+use async_trait::async_trait;
+use http::header::{HeaderValue, HOST};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorSource;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Per-request state, filled in as the request moves down the pipeline.
+pub struct Ctx {
+    started: Instant,
+    snapshot: Option<Arc<Snapshot>>,
+    pub request_id: String,
+    pub client_ip: IpAddr,
+    peer_ip: IpAddr,
+    peer_trusted: bool,
+    /// Host as the client sent it (for X-Forwarded-Host and logs).
+    pub host: String,
+    pub tenant: Option<u32>,
+    pool: Option<Arc<Pool>>,
+    strip_prefix: Option<usize>,
+    tries: u32,
+    tried: Vec<SocketAddr>,
+    endpoint: Option<Arc<Endpoint>>,
+    _inflight: Option<InflightGuard>,
+    got_upstream_response: bool,
+    /// Status of a response the gateway wrote itself.
+    local_status: Option<u16>,
+}
+
+impl Ctx {
+    fn tenant_id(&self) -> &str {
+        match (&self.snapshot, self.tenant) {
+            (Some(s), Some(t)) => &s.tenants[t as usize].id,
+            _ => "-",
+        }
+    }
+}
+
+/// The gateway's proxy: owns nothing but a handle to the shared state.
+pub struct Proxy {
+    pub gateway: Arc<Gateway>,
+}
+
+fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Host from `:authority` (HTTP/2) or `Host` (HTTP/1).
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    if let Some(a) = req.uri.authority() {
+        return Some(a.as_str());
+    }
+    req.headers.get(HOST).and_then(|v| v.to_str().ok())
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            snapshot: None,
+            request_id: String::new(),
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            peer_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            peer_trusted: false,
+            host: String::new(),
+            tenant: None,
+            pool: None,
+            strip_prefix: None,
+            tries: 0,
+            tried: Vec::new(),
+            endpoint: None,
+            _inflight: None,
+            got_upstream_response: false,
+            local_status: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // 1. Identify: which configuration, which request, which client.
+        let snap = self.gateway.snapshot();
+        let req = session.req_header();
+        ctx.request_id = forwarded::request_id(header_str(req, "x-request-id"));
+        ctx.peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_canonical())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        ctx.peer_trusted = snap.trusted.contains(ctx.peer_ip);
+        ctx.client_ip = forwarded::client_ip(
+            ctx.peer_ip,
+            header_str(req, "x-forwarded-for"),
+            &snap.trusted,
+        );
+
+        // 2. Route: host → tenant.
+        let raw_host = request_host(req).unwrap_or("");
+        ctx.host = raw_host.to_string();
+        let tenant_idx = match normalize_request_host(raw_host) {
+            Ok(key) => {
+                let t = snap.routes.lookup(&key);
+                if let (HostKey::Name(n), Some(_)) = (&key, t) {
+                    ctx.host = n.to_string();
+                }
+                t
+            }
+            Err(_) => {
+                ctx.snapshot = Some(snap);
+                return local::respond_page(session, ctx, 400).await;
+            }
+        };
+        ctx.snapshot = Some(snap.clone());
+        let Some(tenant_idx) = tenant_idx else {
+            return local::respond_page(session, ctx, 404).await;
+        };
+        ctx.tenant = Some(tenant_idx);
+        let tenant = &snap.tenants[tenant_idx as usize];
+
+        // 3. Route: path → pool.
+        let (pool, strip) = tenant.pool_for(session.req_header().uri.path());
+        ctx.pool = Some(pool.clone());
+        ctx.strip_prefix = strip;
+
+        // 4. Local origin, or on to a backend.
+        if let PoolKind::Static(origin) = &pool.kind {
+            let origin = origin.clone();
+            return local::serve_static(session, ctx, &origin).await;
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(pool) = ctx.pool.clone() else {
+            return Error::e_explain(HTTPStatus(500), "no pool chosen");
+        };
+        let Some(ep) = pool.select(Some(ctx.client_ip), &ctx.tried) else {
+            // Nothing left to try: 503 when the pool had nothing up at all; otherwise the
+            // failure of the last attempt (kept by pingora) decides the status.
+            return Error::e_explain(
+                HTTPStatus(503),
+                format!("no available backend in pool {}", pool.label),
+            );
+        };
+        ctx.tries += 1;
+        ctx.tried.push(ep.addr);
+        ctx._inflight = Some(InflightGuard::new(ep.clone()));
+        ctx.endpoint = Some(ep.clone());
+
+        let s = &pool.settings;
+        let sni = match &s.sni {
+            Some(n) => n.clone(),
+            None => ctx.host.split(':').next().unwrap_or("").to_string(),
+        };
+        let mut peer = HttpPeer::new(ep.addr, s.tls, sni);
+        let o = &mut peer.options;
+        o.connection_timeout = Some(s.connect_timeout);
+        o.total_connection_timeout = Some(s.connect_timeout * 2);
+        o.read_timeout = Some(s.read_timeout);
+        o.write_timeout = Some(s.write_timeout);
+        o.idle_timeout = Some(s.idle_timeout);
+        o.verify_cert = s.tls_verify;
+        o.verify_hostname = s.tls_verify;
+        o.ca = s.ca.clone();
+        let _ = session;
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let proto = "http";
+        let original_host = request_host(session.req_header()).unwrap_or("").to_string();
+        let fwd = forwarded::forwarding(
+            ctx.peer_ip,
+            ctx.peer_trusted,
+            header_str(session.req_header(), "x-forwarded-for"),
+            header_str(session.req_header(), "forwarded"),
+            &original_host,
+            proto,
+        );
+        upstream.insert_header("X-Forwarded-For", fwd.x_forwarded_for)?;
+        upstream.insert_header("Forwarded", fwd.forwarded)?;
+        upstream.insert_header("X-Forwarded-Proto", proto)?;
+        if let Ok(v) = HeaderValue::from_str(&original_host) {
+            upstream.insert_header("X-Forwarded-Host", v)?;
+        }
+        upstream.insert_header("X-Real-IP", ctx.client_ip.to_string())?;
+        upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        if upstream.headers.get(HOST).is_none() && !original_host.is_empty() {
+            upstream.insert_header(HOST, original_host.as_str())?;
+        }
+        if let Some(n) = ctx.strip_prefix {
+            let pq = upstream
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let rest = pq.get(n..).unwrap_or("");
+            let new = if rest.is_empty() || rest.starts_with('?') {
+                format!("/{rest}")
+            } else {
+                rest.to_string()
+            };
+            if let Ok(uri) = new.parse::<http::Uri>() {
+                upstream.set_uri(uri);
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.got_upstream_response = true;
+        if let Some(ep) = &ctx.endpoint {
+            ep.record_success();
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the backend, so any method may go to another one.
+        if let (Some(ep), Some(pool)) = (&ctx.endpoint, &ctx.pool) {
+            note_failure(pool, ep, &e);
+            e.set_retry(ctx.tries <= pool.settings.retries);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        let (Some(ep), Some(pool)) = (&ctx.endpoint, &ctx.pool) else {
+            return e;
+        };
+        if matches!(
+            e.etype(),
+            ReadTimedout | WriteTimedout | ConnectionClosed | ReadError | WriteError
+        ) && e.esource() == &ErrorSource::Upstream
+        {
+            note_failure(pool, ep, &e);
+        }
+        let idempotent = session.req_header().method.is_idempotent();
+        let retry = idempotent
+            && !ctx.got_upstream_response
+            && !session.as_ref().retry_buffer_truncated()
+            && ctx.tries <= pool.settings.retries;
+        if retry {
+            e.set_retry(true);
+        } else if !idempotent || ctx.got_upstream_response {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            HTTPStatus(c) => *c,
+            ConnectTimedout | ReadTimedout | WriteTimedout => 504,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        // A 503 from selection after earlier attempts failed is really the earlier failure.
+        let code = if code == 503 && ctx.tries > 0 {
+            502
+        } else {
+            code
+        };
+        if code > 0 && !ctx.got_upstream_response {
+            let _ = local::respond_page(session, ctx, code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let access_log = ctx.snapshot.as_ref().is_none_or(|s| s.settings.access_log);
+        if !access_log {
+            return;
+        }
+        let status = ctx
+            .local_status
+            .or_else(|| session.response_written().map(|r| r.status.as_u16()))
+            .unwrap_or(0);
+        let req = session.req_header();
+        log::info!(
+            target: "access",
+            "rid={} tenant={} client={} host={} method={} uri={} proto={} status={} bytes={} ms={} upstream={} tries={}{}",
+            ctx.request_id,
+            ctx.tenant_id(),
+            ctx.client_ip,
+            if ctx.host.is_empty() { "-" } else { &ctx.host },
+            req.method,
+            req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+            if session.as_downstream().is_http2() { "h2" } else { "http/1.1" },
+            status,
+            session.body_bytes_sent(),
+            ctx.started.elapsed().as_millis(),
+            ctx.endpoint.as_ref().map(|e| e.addr.to_string()).unwrap_or_else(|| "-".into()),
+            ctx.tries,
+            e.map(|e| format!(" error=\"{}\"", e.etype().as_str())).unwrap_or_default(),
+        );
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        format!(
+            "rid={} tenant={} {} {}",
+            ctx.request_id,
+            ctx.tenant_id(),
+            session.req_header().method,
+            session.req_header().uri
+        )
+    }
+}
+
+fn note_failure(pool: &Pool, ep: &Endpoint, e: &Error) {
+    if ep.record_failure(pool.settings.max_fails, pool.settings.fail_timeout) {
+        log::warn!(
+            "event=backend_down pool={} backend={} addr={} cause=\"passive: {}\" for_ms={}",
+            pool.label,
+            ep.backend,
+            ep.addr,
+            e.etype().as_str(),
+            pool.settings.fail_timeout.as_millis()
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! Start-up: turns a validated snapshot into a running pingora server with the citizen
+//! listeners, the admin listener and the background maintainer, after checking that every
+//! address can be bound (pingora would otherwise retry a busy port quietly and never listen).
+
+use crate::admin::AdminApp;
+use crate::config::Config;
+use crate::gateway::{Gateway, ListenSpec, Snapshot};
+use crate::proxy::Proxy;
+use crate::upstream::health::Maintainer;
+use anyhow::{bail, Context};
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::TcpSocketOptions;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+use pingora::services::listening::Service;
+use socket2::{Domain, Socket, Type};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Binds and releases each address, so a busy or forbidden port fails start-up loudly.
+pub fn check_binds(listen: &[ListenSpec], admin: SocketAddr) -> anyhow::Result<()> {
+    let mut all: Vec<(SocketAddr, bool)> = listen.iter().map(|l| (l.addr, l.ipv6_only)).collect();
+    all.push((admin, admin.is_ipv6()));
+    for (addr, v6only) in all {
+        let domain = if addr.is_ipv6() {
+            Domain::IPV6
+        } else {
+            Domain::IPV4
+        };
+        let sock = Socket::new(domain, Type::STREAM, None)
+            .with_context(|| format!("socket for {addr}"))?;
+        // Same options pingora uses, so the probe fails exactly when pingora's bind would.
+        sock.set_reuse_address(true).ok();
+        if addr.is_ipv6() {
+            sock.set_only_v6(v6only).ok();
+        }
+        if let Err(e) = sock.bind(&addr.into()).and_then(|_| sock.listen(1)) {
+            bail!("cannot listen on {addr}: {e}");
+        }
+    }
+    Ok(())
+}
+
+fn socket_options(l: &ListenSpec) -> TcpSocketOptions {
+    let mut o = TcpSocketOptions::default();
+    if l.addr.is_ipv6() {
+        o.ipv6_only = Some(l.ipv6_only);
+    }
+    o
+}
+
+/// Runs the gateway until it is told to stop. Never returns on success.
+pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
+    let snapshot = Snapshot::build(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let settings = snapshot.settings.clone();
+    if !upgrade {
+        check_binds(&settings.listen, settings.admin)?;
+    }
+    let gateway = Gateway::new(snapshot);
+
+    let mut conf = ServerConf {
+        threads: settings.threads,
+        grace_period_seconds: Some(settings.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(settings.shutdown_timeout.as_secs()),
+        upgrade_sock: settings.upgrade_sock.clone(),
+        pid_file: settings.pid_file.clone(),
+        ..ServerConf::default()
+    };
+    // Retries are decided per pool by the pipeline; this is only pingora's upper bound.
+    conf.max_retries = 8;
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Proxy {
+            gateway: gateway.clone(),
+        },
+        "cong proxy",
+    );
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut opts = HttpServerOptions::default();
+        opts.h2c = settings.h2c;
+        app.server_options = Some(opts);
+    }
+    for l in &settings.listen {
+        proxy.add_tcp_with_settings(&l.addr.to_string(), socket_options(l));
+    }
+
+    let mut admin = Service::new(
+        "cong admin".to_string(),
+        AdminApp {
+            gateway: gateway.clone(),
+        },
+    );
+    admin.add_tcp(&settings.admin.to_string());
+
+    let g = gateway.clone();
+    let maintainer = background_service(
+        "backend maintainer",
+        Maintainer::new(
+            Arc::new(move || g.snapshot().pools()),
+            gateway.ready.clone(),
+        ),
+    );
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(maintainer);
+    log::info!(
+        "cong {} starting: listen={} admin={} tenants={} config={}",
+        env!("CARGO_PKG_VERSION"),
+        settings
+            .listen
+            .iter()
+            .map(|l| l.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        settings.admin,
+        gateway.snapshot().tenants.len(),
+        cfg.main_source.path
+    );
+    server.run_forever()
+}
