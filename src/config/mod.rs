@@ -73,13 +73,45 @@ impl SourceFile {
     }
 }
 
-/// The text at a span when it looks like a key (for "unknown field" errors), else empty.
+/// The dotted key an error at `span` is about: the key itself for "unknown field" errors,
+/// or the key whose value is at `span`, prefixed with the enclosing `[table]`.
 fn key_at(text: &str, span: std::ops::Range<usize>) -> String {
-    let s = text.get(span).unwrap_or("").trim();
-    if !s.is_empty() && s.len() < 80 && !s.contains('\n') {
-        s.trim_matches('"').to_string()
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = text[start..]
+        .find('\n')
+        .map(|i| start + i)
+        .unwrap_or(text.len());
+    let prefix = &text[line_start..start];
+    let after = text.get(span.end.min(line_end)..line_end).unwrap_or("");
+    let spanned = text.get(span.clone()).unwrap_or("").trim();
+    let local = if let Some((k, _)) = prefix.split_once('=') {
+        k.trim().to_string()
+    } else if after.trim_start().starts_with('=') && !spanned.is_empty() {
+        spanned.to_string()
     } else {
-        String::new()
+        // A value on a later line of a multi-line array: the key is on the line that opened it.
+        text[..line_start]
+            .lines()
+            .rev()
+            .find_map(|l| l.split_once('=').map(|(k, _)| k.trim().to_string()))
+            .unwrap_or_default()
+    };
+    let local = local.trim_matches('"').to_string();
+    if local.is_empty() || local.starts_with('[') {
+        return String::new();
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+        .unwrap_or_default();
+    if table.is_empty() {
+        local
+    } else {
+        format!("{table}.{local}")
     }
 }
 
