@@ -234,3 +234,22 @@ fn run_refuses_a_bad_config_and_a_busy_port() {
         g.log_text()
     );
 }
+
+#[test]
+fn the_shipped_example_config_checks_ok() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/cong.toml");
+    let out = std::process::Command::new(CONG)
+        .args(["check", "-c", path])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("ok (2 tenants, 5 host names, 3 pools)"),
+        "{text}"
+    );
+}

@@ -297,3 +297,52 @@ fn tenant_error_pages_override_the_built_in_ones() {
     let rid = r.header("x-request-id").unwrap();
     assert_eq!(r.body, format!("<p>Cổng đang bảo trì 503 {rid}</p>"));
 }
+
+#[test]
+fn tls_backends_with_sni_and_ca_verification() {
+    let (ca, chain, key) = test_pki(&["cms.noibo.tinh.gov.vn"]);
+    let (other_ca, _, _) = test_pki(&["unrelated"]);
+    let b = Backend::start_tls("tls-cms", "127.0.0.1", &chain, &key);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca).unwrap();
+    std::fs::write(dir.path().join("other.pem"), &other_ca).unwrap();
+    let pool = |extra: &str| {
+        format!(
+            "tls = true\nsni = \"cms.noibo.tinh.gov.vn\"\nmax_fails = 0\n{extra}\n[pools.main.health]\npath = \"/health\"\ninterval = \"200ms\"\n"
+        )
+    };
+    let ca_path = dir.path().join("ca.pem");
+    let other_path = dir.path().join("other.pem");
+
+    // Verified against the right CA: served, and the health checker speaks TLS too.
+    let g = one_tenant(
+        &[b.addr],
+        &pool(&format!("ca_file = \"{}\"", ca_path.display())),
+    );
+    let r = g.get("t.gov.vn", "/");
+    assert_eq!(r.status, 200, "{}\n{}", r.body, g.log_text());
+    assert_eq!(r.backend(), Some("tls-cms"));
+    assert!(
+        b.health_hits() > 0,
+        "health checks over TLS reached the backend"
+    );
+    drop(g);
+
+    // The wrong CA: the handshake fails, the client gets a 502 page, nothing reaches the app.
+    let hits = b.hits();
+    let g = one_tenant(
+        &[b.addr],
+        &pool(&format!("ca_file = \"{}\"", other_path.display())).replace(
+            "[pools.main.health]\npath = \"/health\"\ninterval = \"200ms\"\n",
+            "",
+        ),
+    );
+    let r = g.get("t.gov.vn", "/");
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(b.hits(), hits);
+    drop(g);
+
+    // Verification switched off for this pool: served.
+    let g = one_tenant(&[b.addr], &pool("tls_verify = false"));
+    assert_eq!(g.get("t.gov.vn", "/").backend(), Some("tls-cms"));
+}

@@ -61,6 +61,38 @@ impl Backend {
     }
 
     pub fn start_at(name: &str, addr: SocketAddr) -> Backend {
+        Self::start_inner(name, addr, None)
+    }
+
+    /// The same server over TLS with the given certificate chain and key (PEM).
+    pub fn start_tls(name: &str, ip: &str, cert_pem: &str, key_pem: &str) -> Backend {
+        let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .unwrap()
+            .unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        Self::start_inner(
+            name,
+            free_addr(ip),
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
+        )
+    }
+
+    fn start_inner(
+        name: &str,
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Backend {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -84,8 +116,18 @@ impl Backend {
                     continue;
                 };
                 let (n, h, hh, ok) = (n.clone(), h.clone(), hh.clone(), ok.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = serve_conn(sock, n, h, hh, ok).await;
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(sock).await {
+                                let _ = serve_conn(s, n, h, hh, ok).await;
+                            }
+                        }
+                        None => {
+                            let _ = serve_conn(sock, n, h, hh, ok).await;
+                        }
+                    }
                 });
             }
         });
@@ -126,8 +168,8 @@ impl Drop for Backend {
     }
 }
 
-async fn serve_conn(
-    sock: tokio::net::TcpStream,
+async fn serve_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    sock: S,
     name: String,
     hits: Arc<AtomicU64>,
     health_hits: Arc<AtomicU64>,
@@ -490,4 +532,21 @@ pub fn tenant(id: &str, hosts: &[&str], backends: &[SocketAddr], extra_pool: &st
         hosts.join(", "),
         backends.join(", ")
     )
+}
+
+/// A throw-away CA and a server certificate it signed for `names` (PEM): (ca, chain, key).
+pub fn test_pki(names: &[&str]) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "cong test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
 }
