@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod events;
 pub mod forwarded;
 pub mod gateway;
 pub mod pages;

@@ -9,6 +9,7 @@
 
 mod local;
 
+use crate::events::{self, Severity};
 use crate::forwarded;
 use crate::gateway::{Gateway, Snapshot};
 use crate::routing::{normalize_request_host, HostKey};
@@ -374,13 +375,13 @@ impl ProxyHttp for Proxy {
 
 fn note_failure(pool: &Pool, ep: &Endpoint, e: &Error) {
     if ep.record_failure(pool.settings.max_fails, pool.settings.fail_timeout) {
-        log::warn!(
-            "event=backend_down pool={} backend={} addr={} cause=\"passive: {}\" for_ms={}",
-            pool.label,
-            ep.backend,
-            ep.addr,
-            e.etype().as_str(),
-            pool.settings.fail_timeout.as_millis()
+        events::emit(
+            pool.event("backend_down", Severity::Warning)
+                .field("backend", &ep.backend)
+                .field("addr", ep.addr)
+                .field("cause", e.etype().as_str())
+                .field("detection", "passive")
+                .field("for_ms", pool.settings.fail_timeout.as_millis()),
         );
     }
 }

@@ -2,6 +2,7 @@
 //! the answer's TTL runs out, keeping the last good answer when DNS fails.
 
 use super::{BackendSpec, Pool};
+use crate::events::{self, Event, Severity};
 use hickory_resolver::TokioAsyncResolver;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ impl Resolver {
     /// Uses the system's resolver configuration (`/etc/resolv.conf`, `/etc/hosts`).
     pub fn new() -> Self {
         let inner = TokioAsyncResolver::tokio_from_system_conf().unwrap_or_else(|e| {
-            log::warn!("event=dns_config_fallback cause=\"{e}\"");
+            events::emit(Event::new("dns_config_fallback", Severity::Warning).field("cause", e));
             TokioAsyncResolver::tokio(Default::default(), Default::default())
         });
         Resolver { inner }
@@ -47,16 +48,21 @@ impl Resolver {
                     let addrs: Vec<SocketAddr> =
                         lookup.iter().map(|ip| SocketAddr::new(ip, *port)).collect();
                     if addrs.is_empty() {
-                        log::warn!("event=dns_empty pool={} backend={host}:{port}", pool.label);
+                        events::emit(
+                            pool.event("dns_empty", Severity::Warning)
+                                .field("backend", format!("{host}:{port}")),
+                        );
                         next = next.min(RETRY_AFTER_FAILURE);
                     } else {
                         resolved.push((i, addrs));
                     }
                 }
                 Err(e) => {
-                    log::warn!(
-                        "event=dns_failed pool={} backend={host}:{port} cause=\"{e}\" keeping=last_good",
-                        pool.label
+                    events::emit(
+                        pool.event("dns_failed", Severity::Warning)
+                            .field("backend", format!("{host}:{port}"))
+                            .field("cause", e)
+                            .field("keeping", "last_good"),
                     );
                     next = next.min(RETRY_AFTER_FAILURE);
                 }

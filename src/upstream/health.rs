@@ -6,6 +6,7 @@
 //! pool uses TLS) with a deadline; its status is compared with the pool's accepted set.
 
 use super::{dns, now_ms, Endpoint, HealthSettings, Pool};
+use crate::events::{self, Severity};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -97,9 +98,9 @@ pub async fn check_pool(pool: &Pool, h: &HealthSettings) {
         match pool.probe_tls() {
             Ok(c) => Some(c),
             Err(e) => {
-                log::error!(
-                    "pool {}: cannot build TLS client for health checks: {e}",
-                    pool.label
+                events::emit(
+                    pool.event("health_check_config_error", Severity::Error)
+                        .field("cause", e),
                 );
                 return;
             }
@@ -133,24 +134,23 @@ fn record(
 ) {
     let ok = matches!(res, Ok(code) if h.expect.contains(code));
     match ep.record_check(ok, h.rise, h.fall) {
-        Some(true) => log::warn!(
-            "event=backend_up pool={} backend={} addr={} check_ms={}",
-            pool.label,
-            ep.backend,
-            ep.addr,
-            took.as_millis()
+        Some(true) => events::emit(
+            pool.event("backend_up", Severity::Notice)
+                .field("backend", &ep.backend)
+                .field("addr", ep.addr)
+                .field("check_ms", took.as_millis()),
         ),
         Some(false) => {
             let cause = match res {
                 Ok(code) => format!("status {code}"),
                 Err(e) => e,
             };
-            log::warn!(
-                "event=backend_down pool={} backend={} addr={} cause=\"{}\"",
-                pool.label,
-                ep.backend,
-                ep.addr,
-                cause.replace('"', "'")
+            events::emit(
+                pool.event("backend_down", Severity::Warning)
+                    .field("backend", &ep.backend)
+                    .field("addr", ep.addr)
+                    .field("cause", cause)
+                    .field("detection", "active"),
             );
         }
         None => {}

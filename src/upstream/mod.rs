@@ -391,6 +391,30 @@ impl Pool {
             .clone()
     }
 
+    /// The tenant part of the label.
+    pub fn tenant_id(&self) -> &str {
+        self.label.split('/').next().unwrap_or("")
+    }
+
+    /// The pool part of the label.
+    pub fn name(&self) -> &str {
+        self.label
+            .split_once('/')
+            .map(|(_, p)| p)
+            .unwrap_or(&self.label)
+    }
+
+    /// An event about this pool, with tenant and pool filled in.
+    pub fn event(
+        &self,
+        kind: &'static str,
+        severity: crate::events::Severity,
+    ) -> crate::events::Event {
+        crate::events::Event::new(kind, severity)
+            .tenant(self.tenant_id())
+            .field("pool", self.name())
+    }
+
     pub fn has_names(&self) -> bool {
         self.specs
             .iter()
