@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building cong needs (cmake and a C compiler for pingora's dependencies) and,
-# with --test, the real programs the test suite starts (curl). Debian/Ubuntu; installs only
+# with --test, the real programs the test suite starts (curl, BIND's named). Debian/Ubuntu; installs only
 # what is missing, so it is quick on a machine that already has everything.
 set -euo pipefail
 
 want_bins=(cmake cc)
 want_pkgs=(cmake gcc)
 if [[ "${1:-}" == "--test" ]]; then
-  want_bins+=(curl)
-  want_pkgs+=(curl)
+  want_bins+=(curl named)
+  want_pkgs+=(curl bind9)
 fi
 
 missing=()

@@ -6,7 +6,9 @@
 
 use crate::config::{Config, ConfigError, SourceFile, TenantConfig};
 use crate::forwarded::{parse_cidr, TrustedProxies};
+use crate::maintenance::Window;
 use crate::pages::ErrorPages;
+use crate::redirects::{parse_csv, RedirectMap, Rule};
 use crate::routing::{parse_host_pattern, PathRoutes, RouteTable, TenantIdx};
 use crate::upstream::Pool;
 use arc_swap::ArcSwap;
@@ -35,6 +37,8 @@ pub struct Tenant {
     pub default_pool: usize,
     pub routes: PathRoutes<RouteTarget>,
     pub error_pages: ErrorPages,
+    /// Maintenance windows from the tenant file.
+    pub maintenance: Vec<Window>,
 }
 
 impl Tenant {
@@ -73,6 +77,16 @@ pub struct Settings {
     pub pid_file: String,
     pub h2c: bool,
     pub access_log: bool,
+    /// Reload when files of the configuration change.
+    pub watch_config: bool,
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
+/// An admin API token: who holds it and the SHA-256 of its value.
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    pub name: String,
+    pub sha256: [u8; 32],
 }
 
 /// Everything the request path reads, built at once from one configuration.
@@ -82,6 +96,12 @@ pub struct Snapshot {
     pub routes: RouteTable,
     pub trusted: TrustedProxies,
     pub settings: Settings,
+    pub redirects: RedirectMap,
+    /// Redirect chains found while building (shown by `cong check`).
+    pub warnings: Vec<String>,
+    pub admin_tokens: Vec<AdminToken>,
+    pub max_auth_failures: u32,
+    pub online: crate::online::Expect,
 }
 
 impl Snapshot {
@@ -154,6 +174,8 @@ impl Snapshot {
             pid_file: main.server.pid_file.clone(),
             h2c: main.server.h2c,
             access_log: main.server.access_log,
+            watch_config: main.server.watch_config,
+            state_dir: main.server.state_dir.as_deref().map(|d| cfg.resolve(d)),
         };
 
         let mut tenants = Vec::with_capacity(cfg.tenants.len());
@@ -200,11 +222,46 @@ impl Snapshot {
                 }
             }
         }
+        let (redirects, warnings) = build_redirects(cfg)?;
+        let mut admin_tokens = Vec::new();
+        for (i, t) in main.admin.token.iter().enumerate() {
+            let hex = t.sha256.get_ref();
+            let sha256 = parse_sha256(hex).ok_or_else(|| {
+                src.error_at(
+                    t.sha256.span(),
+                    format!("admin.token[{i}].sha256"),
+                    "64 hex digits expected (`cong token new` prints one)",
+                )
+            })?;
+            admin_tokens.push(AdminToken {
+                name: t.name.clone(),
+                sha256,
+            });
+        }
+        let mut public_addresses = Vec::new();
+        for (i, a) in main.check.public_addresses.iter().enumerate() {
+            public_addresses.push(a.get_ref().parse().map_err(|_| {
+                src.error_at(
+                    a.span(),
+                    format!("check.public_addresses[{i}]"),
+                    "not an IP address",
+                )
+            })?);
+        }
+        let online = crate::online::Expect {
+            public_addresses,
+            caa_issuers: main.check.caa_issuers.clone(),
+        };
         Ok(Snapshot {
+            online,
             tenants,
             routes,
             trusted: TrustedProxies::new(nets),
             settings,
+            redirects,
+            warnings,
+            admin_tokens,
+            max_auth_failures: main.admin.max_auth_failures,
         })
     }
 
@@ -215,6 +272,54 @@ impl Snapshot {
             .flat_map(|t| t.pools.iter().cloned())
             .collect()
     }
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Redirect rules from `[[redirect]]` and the CSV files; loops are errors, chains warnings.
+fn build_redirects(cfg: &Config) -> Result<(RedirectMap, Vec<String>), ConfigError> {
+    let src = &cfg.main_source;
+    let mut rules = Vec::new();
+    for (i, r) in cfg.main.redirect.iter().enumerate() {
+        let (line, _) = src.line_col(r.from.span().start);
+        let rule = Rule::parse(
+            r.from.get_ref(),
+            &r.to,
+            r.code,
+            format!("{}:{line}", src.path),
+        )
+        .map_err(|e| src.error_at(r.from.span(), format!("redirect[{i}]"), e))?;
+        rules.push(rule);
+    }
+    for (i, f) in cfg.main.server.redirect_files.iter().enumerate() {
+        let path = cfg.resolve(f.get_ref());
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            src.error_at(
+                f.span(),
+                format!("server.redirect_files[{i}]"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let more = parse_csv(&path.display().to_string(), &text)
+            .map_err(|e| src.error_at(f.span(), format!("server.redirect_files[{i}]"), e))?;
+        rules.extend(more);
+    }
+    let map = RedirectMap::new(rules).map_err(|e| src.error_at(0..0, "redirect", e))?;
+    let (warnings, errors) = map.check();
+    if let Some(e) = errors.first() {
+        return Err(src.error_at(0..0, "redirect", e.clone()));
+    }
+    Ok((map, warnings))
 }
 
 fn valid_id(id: &str) -> bool {
@@ -311,6 +416,33 @@ fn build_tenant(src: &SourceFile, t: &TenantConfig, cfg: &Config) -> Result<Tena
             .map_err(|e| src.error_at(dir.span(), "error_pages", e))?,
         None => ErrorPages::default(),
     };
+    let mut maintenance = Vec::new();
+    for (i, m) in t.maintenance.iter().enumerate() {
+        let w = Window {
+            id: format!("{id}-config-{i}"),
+            tenant: id.clone(),
+            start: m.start.get_ref().clone(),
+            end: m.end.get_ref().clone(),
+            restore: m.restore.as_ref().map(|r| r.get_ref().clone()),
+            message_vi: m.message_vi.clone(),
+            message_en: m.message_en.clone(),
+            source: "config".into(),
+            start_s: 0,
+            end_s: 0,
+        };
+        let w = w.validated().map_err(|e| {
+            let (field, span) = match e.split(':').next() {
+                Some("end") => ("end", m.end.span()),
+                Some("restore") => (
+                    "restore",
+                    m.restore.as_ref().map(|r| r.span()).unwrap_or(m.end.span()),
+                ),
+                _ => ("start", m.start.span()),
+            };
+            src.error_at(span, format!("maintenance[{i}].{field}"), e)
+        })?;
+        maintenance.push(w);
+    }
     let hosts = t
         .hosts
         .iter()
@@ -329,21 +461,55 @@ fn build_tenant(src: &SourceFile, t: &TenantConfig, cfg: &Config) -> Result<Tena
         default_pool,
         routes: PathRoutes::new(routes),
         error_pages,
+        maintenance,
     })
 }
 
-/// The gateway's shared state: the snapshot in force and readiness.
+/// Why a reload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("a reload is already in progress")]
+    InProgress,
+    #[error("{0}")]
+    Config(String),
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub tenants: usize,
+    /// Pools whose configuration did not change: kept with their health state.
+    pub kept_pools: usize,
+    pub new_pools: usize,
+    /// Settings that changed but only take effect after a restart or binary upgrade.
+    pub restart_needed: Vec<String>,
+}
+
+/// The gateway's shared state: the snapshot in force, where it came from, and readiness.
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     /// Set by the health checker after its first round.
     pub ready: Arc<AtomicBool>,
+    /// Main configuration file; `None` for the built-in configuration.
+    pub source: Option<std::path::PathBuf>,
+    reload_lock: std::sync::Mutex<()>,
+    /// Maintenance windows created through the admin API.
+    pub maintenance: crate::maintenance::ApiWindows,
 }
 
 impl Gateway {
     pub fn new(snapshot: Snapshot) -> Arc<Gateway> {
+        Self::with_source(snapshot, None)
+    }
+
+    pub fn with_source(snapshot: Snapshot, source: Option<std::path::PathBuf>) -> Arc<Gateway> {
+        let maintenance = crate::maintenance::ApiWindows::load(snapshot.settings.state_dir.clone());
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: Arc::new(AtomicBool::new(false)),
+            source,
+            reload_lock: std::sync::Mutex::new(()),
+            maintenance,
         })
     }
 
@@ -355,5 +521,117 @@ impl Gateway {
     /// Replaces the snapshot; requests already running keep the old one.
     pub fn swap(&self, next: Snapshot) {
         self.snapshot.store(Arc::new(next));
+    }
+
+    /// Reads and validates the configuration again and swaps it in. On any error the running
+    /// configuration stays and the error is returned (and emitted as an event). Blocking: call
+    /// it off the request path.
+    pub fn reload(&self, trigger: &str) -> Result<ReloadOutcome, ReloadError> {
+        use crate::events::{emit, Event, Severity};
+        let _guard = match self.reload_lock.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                emit(
+                    Event::new("config_reload_failed", Severity::Warning)
+                        .field("trigger", trigger)
+                        .field("cause", "a reload is already in progress"),
+                );
+                return Err(ReloadError::InProgress);
+            }
+        };
+        let built = match &self.source {
+            Some(p) => Config::load(p).and_then(|c| Snapshot::build(&c)),
+            None => Config::builtin().and_then(|c| Snapshot::build(&c)),
+        };
+        let mut next = match built {
+            Ok(n) => n,
+            Err(e) => {
+                emit(
+                    Event::new("config_reload_failed", Severity::Error)
+                        .field("trigger", trigger)
+                        .field("cause", &e),
+                );
+                return Err(ReloadError::Config(e.to_string()));
+            }
+        };
+        let old = self.snapshot();
+        let (kept, new) = next.adopt_unchanged_pools(&old);
+        let restart_needed = old.settings.restart_needed(&next.settings);
+        // Settings that need a restart keep their running values, so what is reported as
+        // running stays true; the rest take effect now.
+        let reloadable = next.settings.clone();
+        next.settings = old.settings.clone();
+        next.settings.access_log = reloadable.access_log;
+        next.settings.watch_config = reloadable.watch_config;
+        let outcome = ReloadOutcome {
+            tenants: next.tenants.len(),
+            kept_pools: kept,
+            new_pools: new,
+            restart_needed,
+        };
+        self.swap(next);
+        let mut ev = Event::new("config_reload", Severity::Notice)
+            .field("trigger", trigger)
+            .field("tenants", outcome.tenants)
+            .field("kept_pools", outcome.kept_pools)
+            .field("new_pools", outcome.new_pools);
+        if !outcome.restart_needed.is_empty() {
+            ev = ev.field("restart_needed", outcome.restart_needed.join(","));
+        }
+        emit(ev);
+        Ok(outcome)
+    }
+}
+
+impl Snapshot {
+    /// Reuses the previous snapshot's pool objects where the configuration is the same, so
+    /// health state, DNS answers and counters survive a reload. Returns (kept, new).
+    pub fn adopt_unchanged_pools(&mut self, old: &Snapshot) -> (usize, usize) {
+        let mut by_label: HashMap<&str, &Arc<Pool>> = HashMap::new();
+        for t in &old.tenants {
+            for p in &t.pools {
+                by_label.insert(p.label.as_str(), p);
+            }
+        }
+        let (mut kept, mut new) = (0, 0);
+        for t in &mut self.tenants {
+            for p in &mut t.pools {
+                match by_label.get(p.label.as_str()) {
+                    Some(o) if o.fingerprint == p.fingerprint => {
+                        *p = Arc::clone(o);
+                        kept += 1;
+                    }
+                    _ => new += 1,
+                }
+            }
+        }
+        (kept, new)
+    }
+}
+
+impl Settings {
+    /// Names of settings that differ and need a restart (or binary upgrade) to apply.
+    pub fn restart_needed(&self, next: &Settings) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.listen != next.listen {
+            v.push("listen".to_string());
+        }
+        if self.admin != next.admin {
+            v.push("admin.address".to_string());
+        }
+        if self.threads != next.threads {
+            v.push("server.threads".to_string());
+        }
+        if self.grace_period != next.grace_period || self.shutdown_timeout != next.shutdown_timeout
+        {
+            v.push("server.grace_period/shutdown_timeout".to_string());
+        }
+        if self.upgrade_sock != next.upgrade_sock || self.pid_file != next.pid_file {
+            v.push("server.upgrade_sock/pid_file".to_string());
+        }
+        if self.h2c != next.h2c {
+            v.push("server.h2c".to_string());
+        }
+        v
     }
 }

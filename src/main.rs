@@ -1,7 +1,8 @@
 //! The `cong` command: parses arguments and calls into the library.
 
 use clap::{Parser, Subcommand};
-use cong::config::Config;
+use cong::config::scaffold::{self, NewTenant};
+use cong::config::{Config, TenantFile};
 use cong::gateway::Snapshot;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,9 +37,65 @@ enum Cmd {
     Check {
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Also check DNS (A, AAAA, CAA) of every tenant host and that backends accept
+        /// connections.
+        #[arg(long)]
+        online: bool,
+        /// With --online: print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// With --online: ask this DNS server (IP:PORT) instead of the system resolver.
+        #[arg(long)]
+        resolver: Option<std::net::SocketAddr>,
+    },
+    /// Admin API tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Tenant files.
+    Tenant {
+        #[command(subcommand)]
+        cmd: TenantCmd,
     },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Make a random token and print it with the line to put in the configuration.
+    New {
+        /// Who will hold it (written in audit events).
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    /// Write a new tenant file, checked against the rest of the configuration first.
+    New {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Host name (repeat for aliases and wildcards).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Backend address (repeat for several).
+        #[arg(long = "backend", required = true)]
+        backends: Vec<String>,
+        /// Add an HTTP health check of this path.
+        #[arg(long)]
+        health_path: Option<String>,
+        /// Main configuration file; the tenant file goes into its tenants directory.
+        #[arg(short, long, default_value = SYSTEM_CONFIG)]
+        config: PathBuf,
+        /// Write the file here instead of the configuration's tenants directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn load(path: Option<PathBuf>) -> Result<Config, String> {
@@ -53,6 +110,122 @@ fn load(path: Option<PathBuf>) -> Result<Config, String> {
     }
 }
 
+fn check(
+    config: Option<PathBuf>,
+    online: bool,
+    json: bool,
+    resolver: Option<std::net::SocketAddr>,
+) -> ExitCode {
+    let (cfg, snap) = match load(config).and_then(|c| {
+        Snapshot::build(&c)
+            .map(|s| (c, s))
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in &snap.warnings {
+        eprintln!("warning: {w}");
+    }
+    let hosts: usize = snap.tenants.iter().map(|t| t.hosts.len()).sum();
+    let pools: usize = snap.tenants.iter().map(|t| t.pools.len()).sum();
+    if !online {
+        println!(
+            "{}: ok ({} tenants, {} host names, {} pools)",
+            cfg.main_source.path,
+            snap.tenants.len(),
+            hosts,
+            pools
+        );
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let report = rt.block_on(cong::online::run(&snap, &snap.online, resolver));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", cong::online::render_text(&report));
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn tenant_new(t: NewTenant, config: PathBuf, out: Option<PathBuf>) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("error: {msg}");
+        ExitCode::from(2)
+    };
+    let text = scaffold::render(&t);
+    // Check it together with the existing configuration when there is one.
+    let (target, mut cfg) = match Config::load(&config) {
+        Ok(cfg) => {
+            let dir = cfg.resolve(
+                cfg.main
+                    .server
+                    .tenants_dir
+                    .as_ref()
+                    .map(|d| d.get_ref().as_str())
+                    .unwrap_or("tenants.d"),
+            );
+            (dir.join(format!("{}.toml", t.id)), Some(cfg))
+        }
+        Err(e) if out.is_some() => {
+            eprintln!("note: not checked against {}: {e}", config.display());
+            (PathBuf::new(), None)
+        }
+        Err(e) => {
+            return fail(format!(
+                "{e} (give --out to write the file without a configuration)"
+            ))
+        }
+    };
+    let target = out.unwrap_or(target);
+    let path = target.display().to_string();
+    if target.exists() {
+        return fail(format!("{path} exists already: not overwritten"));
+    }
+    let tenant = match scaffold::parse(&path, &text) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    if let Some(cfg) = cfg.as_mut() {
+        cfg.tenants.push(TenantFile {
+            source: cong::config::SourceFile {
+                path: path.clone(),
+                text: text.clone(),
+            },
+            tenant,
+        });
+        if let Err(e) = Snapshot::build(cfg) {
+            return fail(e.to_string());
+        }
+    }
+    let tmp = target.with_extension("toml.tmp");
+    if let Err(e) = std::fs::write(&tmp, &text).and_then(|_| std::fs::rename(&tmp, &target)) {
+        return fail(format!("cannot write {path}: {e}"));
+    }
+    println!("wrote {path}");
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -60,28 +233,53 @@ fn main() -> ExitCode {
             println!("cong {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Cmd::Check { config } => match load(config).and_then(|c| {
-            Snapshot::build(&c)
-                .map(|s| (c, s))
-                .map_err(|e| e.to_string())
-        }) {
-            Ok((cfg, snap)) => {
-                let hosts: usize = snap.tenants.iter().map(|t| t.hosts.len()).sum();
-                let pools: usize = snap.tenants.iter().map(|t| t.pools.len()).sum();
-                println!(
-                    "{}: ok ({} tenants, {} host names, {} pools)",
-                    cfg.main_source.path,
-                    snap.tenants.len(),
+        Cmd::Check {
+            config,
+            online,
+            json,
+            resolver,
+        } => check(config, online, json, resolver),
+        Cmd::Token {
+            cmd: TokenCmd::New { name },
+        } => {
+            let token = format!(
+                "{}{}",
+                cong::forwarded::new_request_id(),
+                cong::forwarded::new_request_id()
+            );
+            let hash: String = cong::admin::auth::token_hash(&token)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            println!("token (give it to {name}; it is not stored anywhere): {token}");
+            println!();
+            println!("[[admin.token]]");
+            println!("name = \"{}\"", name.replace('"', ""));
+            println!("sha256 = \"{hash}\"");
+            ExitCode::SUCCESS
+        }
+        Cmd::Tenant {
+            cmd:
+                TenantCmd::New {
+                    id,
+                    name,
                     hosts,
-                    pools
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        },
+                    backends,
+                    health_path,
+                    config,
+                    out,
+                },
+        } => tenant_new(
+            NewTenant {
+                id,
+                name,
+                hosts,
+                backends,
+                health_path,
+            },
+            config,
+            out,
+        ),
         Cmd::Run { config, upgrade } => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
                 .format_timestamp_millis()

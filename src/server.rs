@@ -56,7 +56,7 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
     if !upgrade {
         check_binds(&settings.listen, settings.admin)?;
     }
-    let gateway = Gateway::new(snapshot);
+    let gateway = Gateway::with_source(snapshot, cfg.source_path());
 
     let mut conf = ServerConf {
         threads: settings.threads,
@@ -91,12 +91,7 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
         proxy.add_tcp_with_settings(&l.addr.to_string(), socket_options(l));
     }
 
-    let mut admin = Service::new(
-        "cong admin".to_string(),
-        AdminApp {
-            gateway: gateway.clone(),
-        },
-    );
+    let mut admin = Service::new("cong admin".to_string(), AdminApp::new(gateway.clone()));
     admin.add_tcp(&settings.admin.to_string());
 
     let g = gateway.clone();
@@ -110,7 +105,15 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
 
     server.add_service(proxy);
     server.add_service(admin);
+    let reloader = background_service(
+        "config reloader",
+        crate::reload::Reloader {
+            gateway: gateway.clone(),
+        },
+    );
     server.add_service(maintainer);
+    server.add_service(reloader);
+    write_pid_file(&settings.pid_file);
     log::info!(
         "cong {} starting: listen={} admin={} tenants={} config={}",
         env!("CARGO_PKG_VERSION"),
@@ -125,4 +128,19 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
         cfg.main_source.path
     );
     server.run_forever()
+}
+
+/// Writes our PID where `server.pid_file` says (an upgraded process overwrites its
+/// predecessor's). A failure is logged, not fatal: the gateway serves without it.
+fn write_pid_file(path: &str) {
+    let tmp = format!("{path}.tmp");
+    let res = std::fs::write(&tmp, format!("{}\n", std::process::id()))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        crate::events::emit(
+            crate::events::Event::new("pid_file_error", crate::events::Severity::Warning)
+                .field("path", path)
+                .field("cause", e),
+        );
+    }
 }

@@ -8,6 +8,7 @@
 mod duration;
 mod error;
 mod model;
+pub mod scaffold;
 
 pub use duration::Dur;
 pub use error::{ConfigError, Located};
@@ -64,7 +65,7 @@ impl SourceFile {
         }))
     }
 
-    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+    pub(crate) fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
         toml::from_str(&self.text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             let key = key_at(&self.text, span.clone());
@@ -213,6 +214,11 @@ impl Config {
             builtin: false,
         };
         Ok(cfg)
+    }
+
+    /// The main file this configuration was read from (`None` for the built-in one).
+    pub fn source_path(&self) -> Option<PathBuf> {
+        (!self.builtin).then(|| PathBuf::from(&self.main_source.path))
     }
 
     /// Resolves a path from the main file relative to its directory.

@@ -20,6 +20,62 @@ pub struct MainConfig {
     /// Tenants written inline in the main file (small setups and tests).
     #[serde(default)]
     pub tenant: Vec<TenantConfig>,
+    /// Redirects of legacy names (see also `server.redirect_files`).
+    #[serde(default)]
+    pub redirect: Vec<RedirectConfig>,
+    /// What `cong check --online` compares DNS against.
+    #[serde(default)]
+    pub check: CheckConfig,
+}
+
+/// `[check]`: expectations for `cong check --online`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    /// The gateway's public IPv4 and IPv6 addresses: every A/AAAA record of a tenant host must
+    /// be one of them. Empty: any address is accepted.
+    #[serde(default)]
+    pub public_addresses: Vec<Spanned<String>>,
+    /// CA domain names a CAA `issue` record must allow (e.g. `letsencrypt.org`). Empty: CAA
+    /// is not checked.
+    #[serde(default)]
+    pub caa_issuers: Vec<String>,
+}
+
+/// `[[redirect]]`: an old host (or host + path prefix) sent to a new one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// `old.host`, `old.host/path` or `*.old.parent`.
+    pub from: Spanned<String>,
+    /// `new.host`, `new.host/path` or `*.new.parent` (for a wildcard `from`).
+    pub to: String,
+    /// 301 (default), 302, 307 or 308.
+    #[serde(default = "default_redirect_code")]
+    pub code: u16,
+}
+
+/// `[[admin.token]]`: a bearer token for the admin API, stored as its SHA-256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it; written in audit events.
+    pub name: String,
+    /// Hex SHA-256 of the token (`cong token new` prints a token and this value).
+    pub sha256: Spanned<String>,
+}
+
+/// `[[maintenance]]` in a tenant file: a planned outage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// RFC 3339 with offset, e.g. `2026-12-01T22:00:00+07:00`.
+    pub start: Spanned<String>,
+    pub end: Spanned<String>,
+    /// Expected restore time shown to citizens (default: `end`).
+    pub restore: Option<Spanned<String>>,
+    pub message_vi: Option<String>,
+    pub message_en: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +108,14 @@ pub struct ServerConfig {
     /// Write one access log line per request to standard error.
     #[serde(default = "yes")]
     pub access_log: bool,
+    /// Reload automatically when the main file or a tenant file changes.
+    #[serde(default = "yes")]
+    pub watch_config: bool,
+    /// Directory for state kept across restarts (maintenance windows set through the API).
+    pub state_dir: Option<String>,
+    /// CSV files of redirects (`from,to[,code]`), relative to the main file.
+    #[serde(default)]
+    pub redirect_files: Vec<Spanned<String>>,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +131,9 @@ impl Default for ServerConfig {
             pid_file: default_pid_file(),
             h2c: true,
             access_log: true,
+            watch_config: true,
+            state_dir: None,
+            redirect_files: Vec::new(),
         }
     }
 }
@@ -84,15 +151,23 @@ pub struct ListenConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Address of the admin listener (health, readiness; later metrics and API).
+    /// Address of the admin listener (health, readiness, API).
     #[serde(default = "default_admin")]
     pub address: Spanned<String>,
+    /// Bearer tokens accepted by the API; without any, the API answers 403.
+    #[serde(default)]
+    pub token: Vec<TokenConfig>,
+    /// Failed authentications from one address per minute before it gets 429.
+    #[serde(default = "default_auth_failures")]
+    pub max_auth_failures: u32,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             address: default_admin(),
+            token: Vec::new(),
+            max_auth_failures: default_auth_failures(),
         }
     }
 }
@@ -118,6 +193,9 @@ pub struct TenantConfig {
     /// Directory with `404.html`, `502.html`, `503.html`, `504.html` overriding the built-in
     /// pages; `{{request_id}}` and `{{status}}` are replaced.
     pub error_pages: Option<Spanned<String>>,
+    /// Planned maintenance windows.
+    #[serde(default)]
+    pub maintenance: Vec<MaintenanceConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -206,6 +284,12 @@ pub struct HealthConfig {
     pub fall: u32,
 }
 
+fn default_redirect_code() -> u16 {
+    301
+}
+fn default_auth_failures() -> u32 {
+    5
+}
 fn yes() -> bool {
     true
 }

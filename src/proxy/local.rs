@@ -32,6 +32,41 @@ pub async fn respond_page(session: &mut Session, ctx: &mut Ctx, status: u16) -> 
     Ok(true)
 }
 
+/// A redirect to `location` (absolute URL).
+pub async fn redirect(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    code: u16,
+    location: &str,
+) -> Result<bool> {
+    let mut resp = ResponseHeader::build(code, Some(4))?;
+    resp.insert_header("Location", location)?;
+    resp.insert_header("Content-Length", "0")?;
+    resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    ctx.local_status = Some(code);
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
+/// The maintenance page with 503 and `Retry-After`.
+pub async fn maintenance(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    page: String,
+    retry_after: i64,
+) -> Result<bool> {
+    let body = Bytes::from(page);
+    let mut resp = ResponseHeader::build(503, Some(6))?;
+    resp.insert_header("Content-Type", "text/html; charset=utf-8")?;
+    resp.insert_header("Content-Length", body.len().to_string())?;
+    resp.insert_header("Cache-Control", "no-store")?;
+    resp.insert_header("Retry-After", retry_after.to_string())?;
+    resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    ctx.local_status = Some(503);
+    write(session, resp, body).await?;
+    Ok(true)
+}
+
 async fn write(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Result<()> {
     let head = session.req_header().method == Method::HEAD;
     session.write_response_header(Box::new(resp), head).await?;

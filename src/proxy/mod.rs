@@ -1,8 +1,8 @@
 //! The request pipeline: the one `ProxyHttp` implementation, read top to bottom.
 //!
-//! request_filter: identify (request id, real client address) → route (host → tenant, path →
-//! pool) → [later steps plug in here: ACME challenge, redirects/maintenance, access rules,
-//! rate limits, WAF, cache] → serve locally (static origin) or continue to upstream_peer:
+//! request_filter: identify (request id, real client address) → host → tenant → legacy-name
+//! redirects → maintenance → path → pool → [later steps plug in here: access rules, rate
+//! limits, WAF, cache] → serve locally (static origin) or continue to upstream_peer:
 //! choose a backend → upstream_request_filter: forwarding headers → response → logging.
 //! Failures map to honest 502/503/504 pages. Each step calls one module's entry point; the
 //! feature modules do not call each other.
@@ -12,6 +12,7 @@ mod local;
 use crate::events::{self, Severity};
 use crate::forwarded;
 use crate::gateway::{Gateway, Snapshot};
+use crate::maintenance;
 use crate::routing::{normalize_request_host, HostKey};
 use crate::upstream::{Endpoint, InflightGuard, Pool, PoolKind};
 use async_trait::async_trait;
@@ -120,11 +121,10 @@ impl ProxyHttp for Proxy {
         ctx.host = raw_host.to_string();
         let tenant_idx = match normalize_request_host(raw_host) {
             Ok(key) => {
-                let t = snap.routes.lookup(&key);
-                if let (HostKey::Name(n), Some(_)) = (&key, t) {
+                if let HostKey::Name(n) = &key {
                     ctx.host = n.to_string();
                 }
-                t
+                snap.routes.lookup(&key)
             }
             Err(_) => {
                 ctx.snapshot = Some(snap);
@@ -132,18 +132,42 @@ impl ProxyHttp for Proxy {
             }
         };
         ctx.snapshot = Some(snap.clone());
+
+        // 3. Legacy names: redirect before anything else looks at the tenant.
+        if !snap.redirects.is_empty() {
+            let pq = session
+                .req_header()
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            if let Some((code, location)) = snap.redirects.lookup(&ctx.host, pq) {
+                return local::redirect(session, ctx, code, &format!("http://{location}")).await;
+            }
+        }
         let Some(tenant_idx) = tenant_idx else {
             return local::respond_page(session, ctx, 404).await;
         };
         ctx.tenant = Some(tenant_idx);
         let tenant = &snap.tenants[tenant_idx as usize];
 
-        // 3. Route: path → pool.
+        // 4. Planned maintenance.
+        let api_windows = self.gateway.maintenance.all();
+        if !tenant.maintenance.is_empty() || !api_windows.is_empty() {
+            let now = maintenance::now_s();
+            if let Some(w) = maintenance::active(&tenant.maintenance, &api_windows, &tenant.id, now)
+            {
+                let page = maintenance::page(w, &tenant.name, &ctx.request_id);
+                return local::maintenance(session, ctx, page, w.retry_after(now)).await;
+            }
+        }
+
+        // 5. Route: path → pool.
         let (pool, strip) = tenant.pool_for(session.req_header().uri.path());
         ctx.pool = Some(pool.clone());
         ctx.strip_prefix = strip;
 
-        // 4. Local origin, or on to a backend.
+        // 6. Local origin, or on to a backend.
         if let PoolKind::Static(origin) = &pool.kind {
             let origin = origin.clone();
             return local::serve_static(session, ctx, &origin).await;

@@ -264,6 +264,9 @@ pub struct Pool {
     pub(crate) next_resolve_ms: AtomicU64,
     pub(crate) resolving: AtomicBool,
     probe_tls: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
+    /// Everything that defines the pool's behaviour, so a reload can keep a pool (and its
+    /// health state and connections) whose configuration did not change.
+    pub fingerprint: String,
 }
 
 impl Pool {
@@ -363,7 +366,26 @@ impl Pool {
                 BackendSpec::Name { .. } => None,
             })
             .collect();
+        let fingerprint = format!(
+            "{:?}|{:?}|{:?}|{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{}|{:?}",
+            cfg.static_root.as_ref().map(|r| r.get_ref()),
+            specs,
+            settings.balance,
+            settings.tls,
+            settings.sni,
+            settings.tls_verify,
+            settings.ca_path,
+            settings.connect_timeout,
+            settings.read_timeout,
+            settings.write_timeout,
+            settings.idle_timeout,
+            settings.max_fails,
+            settings.fail_timeout,
+            settings.retries,
+            settings.health,
+        );
         Ok(Pool {
+            fingerprint,
             label,
             kind,
             settings,

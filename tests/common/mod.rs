@@ -550,3 +550,137 @@ pub fn test_pki(names: &[&str]) -> (String, String, String) {
     let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
     (ca.pem(), cert.pem(), key.serialize_pem())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Load
+
+/// Outcome of a stretch of load.
+#[derive(Debug, Default, Clone)]
+pub struct LoadStats {
+    pub ok: u64,
+    /// (status or 0 for a transport error, detail)
+    pub failures: Vec<(u16, String)>,
+}
+
+/// Runs `threads` clients sending GETs for `host` over keep-alive connections until `stop` is
+/// set. A request that fails on a *reused* connection before any byte of a response arrived is
+/// sent again on a new connection, as browsers do (the server may close idle connections at
+/// any time); anything else that is not a 200 counts as a failure.
+pub fn run_load(
+    addr: SocketAddr,
+    host: &str,
+    threads: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<LoadStats>> {
+    (0..threads)
+        .map(|_| {
+            let stop = stop.clone();
+            let host = host.to_string();
+            std::thread::spawn(move || {
+                let mut stats = LoadStats::default();
+                let mut conn: Option<BufReader<TcpStream>> = None;
+                while !stop.load(Ordering::SeqCst) {
+                    let reused = conn.is_some();
+                    let c = match conn.take() {
+                        Some(c) => c,
+                        None => match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                            Ok(s) => {
+                                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                                BufReader::new(s)
+                            }
+                            Err(e) => {
+                                stats.failures.push((0, format!("connect: {e}")));
+                                std::thread::sleep(Duration::from_millis(10));
+                                continue;
+                            }
+                        },
+                    };
+                    match keepalive_get(c, &host) {
+                        Ok((status, c)) => {
+                            if status == 200 {
+                                stats.ok += 1;
+                            } else {
+                                stats.failures.push((status, "status".into()));
+                            }
+                            conn = c;
+                        }
+                        Err((e, got_bytes)) => {
+                            if !reused || got_bytes {
+                                stats.failures.push((0, e));
+                            }
+                        }
+                    }
+                }
+                stats
+            })
+        })
+        .collect()
+}
+
+/// Status and the connection if reusable; or the error and whether response bytes arrived.
+type KeepAliveResult = Result<(u16, Option<BufReader<TcpStream>>), (String, bool)>;
+
+/// One GET on a kept-alive connection; returns the status and the connection if reusable.
+fn keepalive_get(mut c: BufReader<TcpStream>, host: &str) -> KeepAliveResult {
+    let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    c.get_mut()
+        .write_all(req.as_bytes())
+        .map_err(|e| (format!("write: {e}"), false))?;
+    let mut line = String::new();
+    match c.read_line(&mut line) {
+        Ok(0) => return Err(("closed before response".into(), false)),
+        Ok(_) => {}
+        Err(e) => return Err((format!("read: {e}"), false)),
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or((format!("bad status line {line:?}"), true))?;
+    let mut len = 0usize;
+    let mut close = false;
+    loop {
+        let mut h = String::new();
+        c.read_line(&mut h)
+            .map_err(|e| (format!("read header: {e}"), true))?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("connection:") && lower.contains("close") {
+            close = true;
+        }
+    }
+    let mut body = vec![0; len];
+    c.read_exact(&mut body)
+        .map_err(|e| (format!("read body: {e}"), true))?;
+    Ok((status, if close { None } else { Some(c) }))
+}
+
+/// Stops load threads and adds up their results.
+pub fn finish_load(
+    stop: Arc<AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<LoadStats>>,
+) -> LoadStats {
+    stop.store(true, Ordering::SeqCst);
+    let mut total = LoadStats::default();
+    for h in handles {
+        let s = h.join().unwrap();
+        total.ok += s.ok;
+        total.failures.extend(s.failures);
+    }
+    total
+}
+
+/// SHA-256 hex of a token, as the configuration stores it.
+pub fn sha256_hex(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,107 @@
+//! Triggers for configuration reload: SIGHUP and changes to the configuration files (polled,
+//! debounced). The reload itself (parse, validate, swap) belongs to `gateway`; the admin API
+//! is the third trigger. This module only decides *when*.
+
+use crate::gateway::Gateway;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// How often the configuration files are looked at.
+const POLL: Duration = Duration::from_millis(500);
+
+pub struct Reloader {
+    pub gateway: Arc<Gateway>,
+}
+
+/// Names, sizes and modification times of the main file and the tenant files: changes when any
+/// of them is added, removed or written.
+pub fn config_fingerprint(main: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    let mut add = |p: PathBuf| {
+        if let Ok(m) = std::fs::metadata(&p) {
+            out.push((p, m.len(), m.modified().ok()));
+        }
+    };
+    add(main.to_path_buf());
+    let dir_name = std::fs::read_to_string(main)
+        .ok()
+        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+        .and_then(|t| {
+            t.get("server")
+                .and_then(|s| s.get("tenants_dir"))
+                .and_then(|d| d.as_str().map(str::to_string))
+        })
+        .unwrap_or_else(|| "tenants.d".to_string());
+    let dir = main.parent().unwrap_or(Path::new(".")).join(dir_name);
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        let mut files: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        for f in files {
+            add(f);
+        }
+    }
+    out
+}
+
+impl Reloader {
+    async fn reload(&self, trigger: &'static str) {
+        let g = self.gateway.clone();
+        let _ = tokio::task::spawn_blocking(move || g.reload(trigger)).await;
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP: {e}");
+                None
+            }
+        };
+        let source = self.gateway.source.clone();
+        let mut applied = source.as_deref().map(config_fingerprint);
+        let mut pending: Option<Vec<_>> = None;
+        let mut ticker = tokio::time::interval(POLL);
+        loop {
+            tokio::select! {
+                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => {
+                    self.reload("sighup").await;
+                    applied = source.as_deref().map(config_fingerprint);
+                    pending = None;
+                }
+                _ = ticker.tick() => {
+                    let Some(path) = source.as_deref() else { continue };
+                    if !self.gateway.snapshot().settings.watch_config {
+                        continue;
+                    }
+                    let now = config_fingerprint(path);
+                    if Some(&now) == applied.as_ref() {
+                        pending = None;
+                        continue;
+                    }
+                    // Debounce: reload once the files have stopped changing for one poll, so an
+                    // editor or Ansible writing several files triggers one reload.
+                    if pending.as_ref() == Some(&now) {
+                        self.reload("file_change").await;
+                        applied = Some(now);
+                        pending = None;
+                    } else {
+                        pending = Some(now);
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! `cong check --online` against a real authoritative DNS server (BIND) on loopback.
+
+mod common;
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// `named` in the foreground on 127.0.0.1:PORT serving one zone; killed on drop.
+struct Named {
+    child: Child,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_named(zone: &str, records: &str) -> Named {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port("127.0.0.1");
+    let d = dir.path().display();
+    std::fs::write(
+        dir.path().join("named.conf"),
+        format!(
+            "options {{ directory \"{d}\"; pid-file \"{d}/named.pid\"; listen-on port {port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }}; recursion no; dnssec-validation no; }};\n\
+             controls {{ }};\n\
+             zone \"{zone}\" {{ type primary; file \"{d}/zone.db\"; }};\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("zone.db"),
+        format!("$TTL 60\n@ IN SOA ns.{zone}. admin.{zone}. 1 3600 600 86400 60\n@ IN NS ns.{zone}.\nns IN A 127.0.0.1\n{records}"),
+    )
+    .unwrap();
+    let child = Command::new("named")
+        .args(["-g", "-c"])
+        .arg(dir.path().join("named.conf"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("named.log")).unwrap())
+        .spawn()
+        .expect("named (bind9) is installed by the test setup");
+    let n = Named {
+        child,
+        _dir: dir,
+        port,
+    };
+    // Ready when it answers over TCP.
+    wait_until("named listening", Duration::from_secs(15), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    n
+}
+
+#[test]
+fn online_check_reports_dns_caa_and_backends() {
+    let named = start_named(
+        "tinh.gov.vn",
+        "good IN A 203.0.113.10\ngood IN AAAA 2001:db8::10\n\
+         nov6 IN A 203.0.113.10\n\
+         wrong IN A 198.51.100.99\nwrong IN AAAA 2001:db8::10\n\
+         caa IN A 203.0.113.10\ncaa IN AAAA 2001:db8::10\ncaa IN CAA 0 issue \"other-ca.example\"\n\
+         @ IN CAA 0 issue \"letsencrypt.org\"\n",
+    );
+    let up = Backend::start("up", "127.0.0.1");
+    let down = free_addr("127.0.0.1");
+    let main = "[[listen]]\naddress = \"127.0.0.1:18080\"\n\n[check]\npublic_addresses = [\"203.0.113.10\", \"2001:db8::10\"]\ncaa_issuers = [\"letsencrypt.org\"]\n";
+    let t1 = tenant("good", &["good.tinh.gov.vn"], &[up.addr], "");
+    let t2 = tenant(
+        "bad",
+        &[
+            "nov6.tinh.gov.vn",
+            "wrong.tinh.gov.vn",
+            "caa.tinh.gov.vn",
+            "missing.tinh.gov.vn",
+        ],
+        &[down],
+        "",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), main, &[("good.toml", &t1), ("bad.toml", &t2)]);
+    let run = |json: bool| {
+        let mut c = Command::new(CONG);
+        c.args([
+            "check",
+            "--online",
+            "--resolver",
+            &format!("127.0.0.1:{}", named.port),
+            "-c",
+        ])
+        .arg(dir.path().join("cong.toml"));
+        if json {
+            c.arg("--json");
+        }
+        c.output().unwrap()
+    };
+    let out = run(true);
+    assert_eq!(out.status.code(), Some(1), "failures give a non-zero exit");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let host = |h: &str| {
+        v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["host"] == h)
+            .unwrap()
+            .clone()
+    };
+    let good = host("good.tinh.gov.vn");
+    assert_eq!(good["problems"].as_array().unwrap().len(), 0, "{good}");
+    assert_eq!(good["caa"], "allows (tinh.gov.vn)");
+    assert!(host("nov6.tinh.gov.vn")["problems"][0]
+        .as_str()
+        .unwrap()
+        .contains("no AAAA"));
+    assert!(host("wrong.tinh.gov.vn")["problems"][0]
+        .as_str()
+        .unwrap()
+        .contains("198.51.100.99 is not an address of this gateway"));
+    assert!(host("caa.tinh.gov.vn")["problems"][0]
+        .as_str()
+        .unwrap()
+        .contains("other-ca.example"));
+    assert!(host("missing.tinh.gov.vn")["problems"][0]
+        .as_str()
+        .unwrap()
+        .contains("no A record"));
+    let backends = v["backends"].as_array().unwrap();
+    assert_eq!(
+        backends.iter().find(|b| b["tenant"] == "good").unwrap()["reachable"],
+        true
+    );
+    assert_eq!(
+        backends.iter().find(|b| b["tenant"] == "bad").unwrap()["reachable"],
+        false
+    );
+    // The table for people.
+    let out = run(false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("good.tinh.gov.vn") && text.contains("FAIL: no AAAA record"),
+        "{text}"
+    );
+    assert!(text.contains("some checks FAILED"));
+
+    // Only the good tenant: exit 0.
+    let dir2 = tempfile::tempdir().unwrap();
+    write_config(dir2.path(), main, &[("good.toml", &t1)]);
+    let out = Command::new(CONG)
+        .args([
+            "check",
+            "--online",
+            "--resolver",
+            &format!("127.0.0.1:{}", named.port),
+            "-c",
+        ])
+        .arg(dir2.path().join("cong.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
