@@ -21,4 +21,5 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod static_origin;
+pub mod upgrade;
 pub mod upstream;

@@ -48,6 +48,15 @@ enum Cmd {
         #[arg(long)]
         resolver: Option<std::net::SocketAddr>,
     },
+    /// Replace the running cong with this binary without dropping a connection: starts
+    /// `cong run --upgrade`, hands the listening sockets over, waits for confirmation.
+    Upgrade {
+        #[arg(short, long, default_value = SYSTEM_CONFIG)]
+        config: PathBuf,
+        /// Give up after this many seconds (the old process keeps serving).
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
     /// Admin API tokens.
     Token {
         #[command(subcommand)]
@@ -239,6 +248,31 @@ fn main() -> ExitCode {
             json,
             resolver,
         } => check(config, online, json, resolver),
+        Cmd::Upgrade { config, timeout } => {
+            let snap = match Config::load(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|c| Snapshot::build(&c).map_err(|e| e.to_string()))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let s = &snap.settings;
+            match cong::upgrade::upgrade(
+                &config,
+                &s.pid_file,
+                &s.upgrade_sock,
+                std::time::Duration::from_secs(timeout),
+            ) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Token {
             cmd: TokenCmd::New { name },
         } => {

@@ -114,6 +114,7 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
     server.add_service(maintainer);
     server.add_service(reloader);
     write_pid_file(&settings.pid_file);
+    crate::upgrade::notify_systemd_ready();
     log::info!(
         "cong {} starting: listen={} admin={} tenants={} config={}",
         env!("CARGO_PKG_VERSION"),

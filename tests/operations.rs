@@ -210,33 +210,51 @@ fn binary_upgrade_under_load_fails_no_request() {
     let load = run_load(listen, "t.gov.vn", 4, stop.clone());
     std::thread::sleep(Duration::from_millis(300));
 
-    // The new binary waits on the upgrade socket for the listeners; then the old one hands
-    // them over on SIGQUIT and finishes its requests.
+    // `cong upgrade` (what systemd's ExecReload runs) starts the new binary, which waits on
+    // the upgrade socket; the old one hands the listeners over and finishes its requests.
     let log = old.dir.path().join("new.log");
-    let mut new = std::process::Command::new(CONG)
-        .args(["run", "--upgrade", "-c"])
+    let out = std::process::Command::new(CONG)
+        .args(["upgrade", "-c"])
         .arg(old.dir.path().join("cong.toml"))
         .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
+        .output()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    old.signal(libc::SIGQUIT);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(said.contains("upgrade done"), "{said}");
+    let pid_file = format!("/tmp/cong-test-{}.pid", listen.port());
+    let new_pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid as u32, old.pid());
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the process this test started through `cong upgrade`.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+            }
+        }
+    }
+    let _new = Kill(new_pid);
     let exited = old.wait_exit(Duration::from_secs(20));
     assert!(exited.is_some(), "old process exits after the hand-over");
-    // The new process serves on the same address.
     let start = Instant::now();
     let mut served_by_new = false;
     while start.elapsed() < Duration::from_secs(10) {
-        let r = get(listen, "t.gov.vn", "/");
-        if r.status == 200 {
+        if get(listen, "t.gov.vn", "/").status == 200 {
             served_by_new = true;
             break;
         }
     }
     std::thread::sleep(Duration::from_millis(300));
     let stats = finish_load(stop, load);
-    let _ = new.kill();
-    let _ = new.wait();
     assert!(served_by_new);
     assert!(stats.ok > 100, "load ran: {}", stats.ok);
     assert!(
