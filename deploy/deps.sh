@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building cong needs (cmake and a C compiler for pingora's dependencies) and,
-# with --test, the real programs the test suite starts (curl, BIND's named). Debian/Ubuntu; installs only
+# with --test, the real programs the test suite starts (curl, BIND's named, promtool,
+# Chromium, Node.js for the accessibility checker). Debian/Ubuntu; installs only
 # what is missing, so it is quick on a machine that already has everything.
 set -euo pipefail
 
 want_bins=(cmake cc)
 want_pkgs=(cmake gcc)
 if [[ "${1:-}" == "--test" ]]; then
-  want_bins+=(curl named)
-  want_pkgs+=(curl bind9)
+  want_bins+=(curl named promtool chromium node npm)
+  want_pkgs+=(curl bind9 prometheus chromium nodejs npm)
 fi
 
 missing=()
@@ -24,4 +25,9 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ "${1:-}" == "--test" ]] && [[ ! -d tests/a11y/node_modules/axe-core ]]; then
+  # axe-core and playwright-core (driving the system Chromium) for the status page check.
+  npm ci --prefix tests/a11y --no-audit --no-fund --loglevel=error
 fi

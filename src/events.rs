@@ -104,6 +104,10 @@ fn logfmt_value(v: &str) -> String {
 
 /// Hands an event to the gateway's outputs.
 pub fn emit(ev: Event) {
+    crate::metrics::get()
+        .events
+        .with_label_values(&[ev.kind, ev.severity.as_str()])
+        .inc();
     let level = match ev.severity {
         Severity::Critical | Severity::Error => log::Level::Error,
         Severity::Warning => log::Level::Warn,

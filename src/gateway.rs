@@ -39,6 +39,15 @@ pub struct Tenant {
     pub error_pages: ErrorPages,
     /// Maintenance windows from the tenant file.
     pub maintenance: Vec<Window>,
+    /// Request statistics (kept across reloads for the same id).
+    pub stats: Arc<crate::metrics::TenantStats>,
+    /// What the availability probe asks for; `None` when the tenant has only wildcards.
+    pub probe_host: Option<String>,
+    pub probe_path: String,
+    /// Listed on the public status page.
+    pub public: bool,
+    /// Usage figures for the reports (kept across reloads for the same id).
+    pub usage: Arc<crate::usage::TenantUsage>,
 }
 
 impl Tenant {
@@ -80,6 +89,7 @@ pub struct Settings {
     /// Reload when files of the configuration change.
     pub watch_config: bool,
     pub state_dir: Option<std::path::PathBuf>,
+    pub availability: crate::config::AvailabilityConfig,
 }
 
 /// An admin API token: who holds it and the SHA-256 of its value.
@@ -102,6 +112,9 @@ pub struct Snapshot {
     pub admin_tokens: Vec<AdminToken>,
     pub max_auth_failures: u32,
     pub online: crate::online::Expect,
+    /// Host names that show the status page, and its headings.
+    pub status_hosts: Vec<String>,
+    pub status_titles: (String, String),
 }
 
 impl Snapshot {
@@ -176,6 +189,7 @@ impl Snapshot {
             access_log: main.server.access_log,
             watch_config: main.server.watch_config,
             state_dir: main.server.state_dir.as_deref().map(|d| cfg.resolve(d)),
+            availability: main.availability.clone(),
         };
 
         let mut tenants = Vec::with_capacity(cfg.tenants.len());
@@ -252,7 +266,42 @@ impl Snapshot {
             public_addresses,
             caa_issuers: main.check.caa_issuers.clone(),
         };
+        let mut status_hosts = Vec::new();
+        for (i, h) in main.status_page.hosts.iter().enumerate() {
+            match parse_host_pattern(h.get_ref()) {
+                Ok(crate::routing::HostPattern::Exact(n)) => {
+                    if routes.lookup_name(&n).is_some() {
+                        return Err(src.error_at(
+                            h.span(),
+                            format!("status_page.hosts[{i}]"),
+                            format!("`{n}` is also a tenant host"),
+                        ));
+                    }
+                    status_hosts.push(n)
+                }
+                Ok(_) => {
+                    return Err(src.error_at(
+                        h.span(),
+                        format!("status_page.hosts[{i}]"),
+                        "a wildcard cannot be the status host",
+                    ))
+                }
+                Err(e) => return Err(src.error_at(h.span(), format!("status_page.hosts[{i}]"), e)),
+            }
+        }
+        let status_titles = (
+            main.status_page
+                .title_vi
+                .clone()
+                .unwrap_or_else(|| "Tình trạng hoạt động các cổng thông tin điện tử".into()),
+            main.status_page
+                .title_en
+                .clone()
+                .unwrap_or_else(|| "Status of the government web portals".into()),
+        );
         Ok(Snapshot {
+            status_hosts,
+            status_titles,
             online,
             tenants,
             routes,
@@ -443,7 +492,7 @@ fn build_tenant(src: &SourceFile, t: &TenantConfig, cfg: &Config) -> Result<Tena
         })?;
         maintenance.push(w);
     }
-    let hosts = t
+    let hosts: Vec<String> = t
         .hosts
         .iter()
         .filter_map(|h| parse_host_pattern(h.get_ref()).ok())
@@ -452,7 +501,18 @@ fn build_tenant(src: &SourceFile, t: &TenantConfig, cfg: &Config) -> Result<Tena
             crate::routing::HostPattern::Wildcard(n) => format!("*.{n}"),
         })
         .collect();
+    let probe_host = t.probe_host.clone().or_else(|| {
+        hosts
+            .iter()
+            .find(|h: &&String| !h.starts_with("*."))
+            .cloned()
+    });
     Ok(Tenant {
+        probe_host,
+        probe_path: t.probe_path.clone(),
+        public: t.public,
+        stats: crate::metrics::tenant_stats(&id),
+        usage: crate::usage::tenant_usage(&id),
         name: t.name.clone().unwrap_or_else(|| id.clone()),
         id,
         hosts,
@@ -495,6 +555,8 @@ pub struct Gateway {
     reload_lock: std::sync::Mutex<()>,
     /// Maintenance windows created through the admin API.
     pub maintenance: crate::maintenance::ApiWindows,
+    /// Availability history of every tenant.
+    pub availability: Arc<crate::availability::Tracker>,
 }
 
 impl Gateway {
@@ -504,7 +566,17 @@ impl Gateway {
 
     pub fn with_source(snapshot: Snapshot, source: Option<std::path::PathBuf>) -> Arc<Gateway> {
         let maintenance = crate::maintenance::ApiWindows::load(snapshot.settings.state_dir.clone());
+        crate::metrics::get()
+            .tenants
+            .set(snapshot.tenants.len() as i64);
+        let a = &snapshot.settings.availability;
+        let availability = crate::availability::Tracker::new(
+            snapshot.settings.state_dir.as_deref(),
+            a.interval.get().max(Duration::from_millis(200)),
+            a.timeout.get(),
+        );
         Arc::new(Gateway {
+            availability,
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: Arc::new(AtomicBool::new(false)),
             source,
@@ -546,6 +618,10 @@ impl Gateway {
         let mut next = match built {
             Ok(n) => n,
             Err(e) => {
+                crate::metrics::get()
+                    .reloads
+                    .with_label_values(&["failed"])
+                    .inc();
                 emit(
                     Event::new("config_reload_failed", Severity::Error)
                         .field("trigger", trigger)
@@ -569,7 +645,12 @@ impl Gateway {
             new_pools: new,
             restart_needed,
         };
+        crate::metrics::get().tenants.set(next.tenants.len() as i64);
         self.swap(next);
+        crate::metrics::get()
+            .reloads
+            .with_label_values(&["ok"])
+            .inc();
         let mut ev = Event::new("config_reload", Severity::Notice)
             .field("trigger", trigger)
             .field("tenants", outcome.tenants)

@@ -8,18 +8,23 @@
 //! `server` wiring them into pingora.
 
 pub mod admin;
+pub mod availability;
 pub mod config;
 pub mod events;
 pub mod forwarded;
 pub mod gateway;
 pub mod maintenance;
+pub mod metrics;
 pub mod online;
 pub mod pages;
 pub mod proxy;
 pub mod redirects;
 pub mod reload;
+pub mod report;
 pub mod routing;
 pub mod server;
 pub mod static_origin;
+pub mod status_page;
 pub mod upgrade;
 pub mod upstream;
+pub mod usage;

@@ -57,6 +57,11 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Reports built from the gateway's records.
+    Report {
+        #[command(subcommand)]
+        cmd: ReportCmd,
+    },
     /// Admin API tokens.
     Token {
         #[command(subcommand)]
@@ -69,6 +74,21 @@ enum Cmd {
     },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum ReportCmd {
+    /// Per tenant uptime, incidents, requests, visitors, bandwidth and IPv6 share of a month.
+    Availability {
+        /// The month, e.g. 2026-11.
+        #[arg(long)]
+        month: String,
+        /// csv, html or json.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -177,6 +197,42 @@ fn check(
     }
 }
 
+fn report_availability(config: Option<PathBuf>, month: &str, format: &str) -> ExitCode {
+    let snap = match load(config).and_then(|c| Snapshot::build(&c).map_err(|e| e.to_string())) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(dir) = snap.settings.state_dir.clone() else {
+        eprintln!(
+            "error: the configuration has no server.state_dir, so there is no history to report on"
+        );
+        return ExitCode::from(2);
+    };
+    let rows = match cong::report::build(&snap, &dir, month, cong::maintenance::now_s()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match format {
+        "csv" => print!("{}", cong::report::csv(&rows)),
+        "html" => print!("{}", cong::report::html(month, &rows)),
+        "json" => println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        ),
+        other => {
+            eprintln!("error: unknown format `{other}`: use csv, html or json");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn tenant_new(t: NewTenant, config: PathBuf, out: Option<PathBuf>) -> ExitCode {
     let fail = |msg: String| {
         eprintln!("error: {msg}");
@@ -273,6 +329,14 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Report {
+            cmd:
+                ReportCmd::Availability {
+                    month,
+                    format,
+                    config,
+                },
+        } => report_availability(config, &month, &format),
         Cmd::Token {
             cmd: TokenCmd::New { name },
         } => {

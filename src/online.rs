@@ -101,20 +101,29 @@ async fn check_host(
 ) -> HostReport {
     let fqdn = format!("{host}.");
     let mut problems = Vec::new();
+    use hickory_resolver::error::ResolveErrorKind;
     let a: Vec<IpAddr> = match r.ipv4_lookup(fqdn.as_str()).await {
         Ok(l) => l.iter().map(|a| IpAddr::V4(a.0)).collect(),
-        Err(_) => Vec::new(),
+        Err(e) if matches!(e.kind(), ResolveErrorKind::NoRecordsFound { .. }) => {
+            problems.push("no A record".to_string());
+            Vec::new()
+        }
+        Err(e) => {
+            problems.push(format!("A lookup failed: {e}"));
+            Vec::new()
+        }
     };
     let aaaa: Vec<IpAddr> = match r.ipv6_lookup(fqdn.as_str()).await {
         Ok(l) => l.iter().map(|a| IpAddr::V6(a.0)).collect(),
-        Err(_) => Vec::new(),
+        Err(e) if matches!(e.kind(), ResolveErrorKind::NoRecordsFound { .. }) => {
+            problems.push("no AAAA record (IPv6 is required for portal domains)".to_string());
+            Vec::new()
+        }
+        Err(e) => {
+            problems.push(format!("AAAA lookup failed: {e}"));
+            Vec::new()
+        }
     };
-    if a.is_empty() {
-        problems.push("no A record".to_string());
-    }
-    if aaaa.is_empty() {
-        problems.push("no AAAA record (IPv6 is required for portal domains)".to_string());
-    }
     if !expect.public_addresses.is_empty() {
         for ip in a.iter().chain(&aaaa) {
             if !expect.public_addresses.contains(ip) {

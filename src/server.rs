@@ -77,9 +77,7 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Proxy {
-            gateway: gateway.clone(),
-        },
+        Proxy::new(gateway.clone()),
         "cong proxy",
     );
     if let Some(app) = proxy.app_logic_mut() {
@@ -111,6 +109,15 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
             gateway: gateway.clone(),
         },
     );
+    if settings.availability.enabled {
+        server.add_service(background_service(
+            "availability prober",
+            crate::availability::Prober {
+                gateway: gateway.clone(),
+                tracker: gateway.availability.clone(),
+            },
+        ));
+    }
     server.add_service(maintainer);
     server.add_service(reloader);
     write_pid_file(&settings.pid_file);

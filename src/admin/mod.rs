@@ -89,6 +89,14 @@ impl ServeHttp for AdminApp {
         let method = session.req_header().method.clone();
         match path.as_str() {
             "/healthz" => return text(200, "ok\n"),
+            "/metrics" => {
+                refresh_gauges(&self.gateway);
+                return respond(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    crate::metrics::encode().into_bytes(),
+                );
+            }
             "/readyz" => {
                 return if self.gateway.ready.load(Ordering::Acquire) {
                     let snap = self.gateway.snapshot();
@@ -255,6 +263,42 @@ impl ServeHttp for AdminApp {
                 }
             }
             _ => error(404, "no such endpoint (see docs/admin-api.json)"),
+        }
+    }
+}
+
+/// Sets the gauges that describe current state (backends in rotation, maintenance) from the
+/// configuration in force, dropping series of backends and tenants that are gone.
+fn refresh_gauges(g: &Gateway) {
+    let m = crate::metrics::get();
+    let snap = g.snapshot();
+    m.backend_up.reset();
+    m.pool_available.reset();
+    m.maintenance_active.reset();
+    let now = maintenance::now_s();
+    let api = g.maintenance.all();
+    for t in &snap.tenants {
+        for (p, name) in t.pools.iter().zip(&t.pool_names) {
+            if !matches!(p.kind, crate::upstream::PoolKind::Proxy) {
+                continue;
+            }
+            let eps = p.endpoints();
+            let mut up = 0;
+            for e in eps.iter() {
+                let v = i64::from(e.available());
+                up += v;
+                m.backend_up
+                    .with_label_values(&[t.id.as_str(), name.as_str(), &e.addr.to_string()])
+                    .set(v);
+            }
+            m.pool_available
+                .with_label_values(&[t.id.as_str(), name.as_str()])
+                .set(up);
+        }
+        if maintenance::active(&t.maintenance, &api, &t.id, now).is_some() {
+            m.maintenance_active
+                .with_label_values(&[t.id.as_str()])
+                .set(1);
         }
     }
 }

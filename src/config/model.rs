@@ -26,6 +26,48 @@ pub struct MainConfig {
     /// What `cong check --online` compares DNS against.
     #[serde(default)]
     pub check: CheckConfig,
+    #[serde(default)]
+    pub availability: AvailabilityConfig,
+    #[serde(default)]
+    pub status_page: StatusPageConfig,
+}
+
+/// `[availability]`: probing every tenant through the gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvailabilityConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_probe_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_probe_timeout")]
+    pub timeout: Dur,
+    /// Leave planned maintenance out of uptime figures.
+    #[serde(default = "yes")]
+    pub exclude_maintenance: bool,
+}
+
+impl Default for AvailabilityConfig {
+    fn default() -> Self {
+        AvailabilityConfig {
+            enabled: true,
+            interval: default_probe_interval(),
+            timeout: default_probe_timeout(),
+            exclude_maintenance: true,
+        }
+    }
+}
+
+/// `[status_page]`: the public status page.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusPageConfig {
+    /// Host names that show the status page (e.g. `status.tinh.gov.vn`) instead of a tenant.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// Heading of the page, Vietnamese and English.
+    pub title_vi: Option<String>,
+    pub title_en: Option<String>,
 }
 
 /// `[check]`: expectations for `cong check --online`.
@@ -196,6 +238,14 @@ pub struct TenantConfig {
     /// Planned maintenance windows.
     #[serde(default)]
     pub maintenance: Vec<MaintenanceConfig>,
+    /// Host the availability probe asks for. Default: the first exact host name.
+    pub probe_host: Option<String>,
+    /// Path the availability probe asks for.
+    #[serde(default = "default_health_path")]
+    pub probe_path: String,
+    /// Listed on the public status page.
+    #[serde(default = "yes")]
+    pub public: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,6 +334,12 @@ pub struct HealthConfig {
     pub fall: u32,
 }
 
+fn default_probe_interval() -> Dur {
+    Dur::secs(30)
+}
+fn default_probe_timeout() -> Dur {
+    Dur::secs(10)
+}
 fn default_redirect_code() -> u16 {
     301
 }

@@ -32,6 +32,36 @@ pub async fn respond_page(session: &mut Session, ctx: &mut Ctx, status: u16) -> 
     Ok(true)
 }
 
+/// The status page (`/`) or its JSON (`/status.json`).
+pub async fn status_page(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    gateway: &crate::gateway::Gateway,
+    snap: &crate::gateway::Snapshot,
+) -> Result<bool> {
+    let (ctype, body) = match session.req_header().uri.path() {
+        "/" | "/index.html" => (
+            "text/html; charset=utf-8",
+            crate::status_page::html(gateway, snap),
+        ),
+        "/status.json" => (
+            "application/json",
+            serde_json::to_string_pretty(&crate::status_page::json(gateway, snap))
+                .unwrap_or_default(),
+        ),
+        _ => return respond_page(session, ctx, 404).await,
+    };
+    let body = Bytes::from(body);
+    let mut resp = ResponseHeader::build(200, Some(5))?;
+    resp.insert_header("Content-Type", ctype)?;
+    resp.insert_header("Content-Length", body.len().to_string())?;
+    resp.insert_header("Cache-Control", "max-age=10")?;
+    resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    ctx.local_status = Some(200);
+    write(session, resp, body).await?;
+    Ok(true)
+}
+
 /// A redirect to `location` (absolute URL).
 pub async fn redirect(
     session: &mut Session,

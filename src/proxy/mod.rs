@@ -13,6 +13,7 @@ use crate::events::{self, Severity};
 use crate::forwarded;
 use crate::gateway::{Gateway, Snapshot};
 use crate::maintenance;
+use crate::metrics::{RequestSample, TenantStats};
 use crate::routing::{normalize_request_host, HostKey};
 use crate::upstream::{Endpoint, InflightGuard, Pool, PoolKind};
 use async_trait::async_trait;
@@ -60,6 +61,17 @@ impl Ctx {
 /// The gateway's proxy: owns nothing but a handle to the shared state.
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
+    /// Statistics of requests for hosts no tenant serves.
+    pub unknown_stats: Arc<TenantStats>,
+}
+
+impl Proxy {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Proxy {
+            gateway,
+            unknown_stats: crate::metrics::tenant_stats(crate::metrics::UNKNOWN_TENANT),
+        }
+    }
 }
 
 fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
@@ -133,7 +145,12 @@ impl ProxyHttp for Proxy {
         };
         ctx.snapshot = Some(snap.clone());
 
-        // 3. Legacy names: redirect before anything else looks at the tenant.
+        // 3. The public status page has its own host names.
+        if tenant_idx.is_none() && snap.status_hosts.contains(&ctx.host) {
+            return local::status_page(session, ctx, &self.gateway, &snap).await;
+        }
+
+        // 4. Legacy names: redirect before anything else looks at the tenant.
         if !snap.redirects.is_empty() {
             let pq = session
                 .req_header()
@@ -151,7 +168,7 @@ impl ProxyHttp for Proxy {
         ctx.tenant = Some(tenant_idx);
         let tenant = &snap.tenants[tenant_idx as usize];
 
-        // 4. Planned maintenance.
+        // 5. Planned maintenance.
         let api_windows = self.gateway.maintenance.all();
         if !tenant.maintenance.is_empty() || !api_windows.is_empty() {
             let now = maintenance::now_s();
@@ -162,12 +179,12 @@ impl ProxyHttp for Proxy {
             }
         }
 
-        // 5. Route: path → pool.
+        // 6. Route: path → pool.
         let (pool, strip) = tenant.pool_for(session.req_header().uri.path());
         ctx.pool = Some(pool.clone());
         ctx.strip_prefix = strip;
 
-        // 6. Local origin, or on to a backend.
+        // 7. Local origin, or on to a backend.
         if let PoolKind::Static(origin) = &pool.kind {
             let origin = origin.clone();
             return local::serve_static(session, ctx, &origin).await;
@@ -358,14 +375,32 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let access_log = ctx.snapshot.as_ref().is_none_or(|s| s.settings.access_log);
-        if !access_log {
-            return;
-        }
         let status = ctx
             .local_status
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))
             .unwrap_or(0);
+        let stats = match (&ctx.snapshot, ctx.tenant) {
+            (Some(s), Some(t)) => {
+                let t = &s.tenants[t as usize];
+                t.usage
+                    .record(ctx.client_ip, session.body_bytes_sent() as u64);
+                &t.stats
+            }
+            _ => &self.unknown_stats,
+        };
+        stats.record(&RequestSample {
+            status,
+            method: session.req_header().method.as_str(),
+            seconds: ctx.started.elapsed().as_secs_f64(),
+            bytes_in: session.as_downstream().body_bytes_read() as u64,
+            bytes_out: session.body_bytes_sent() as u64,
+            http2: session.as_downstream().is_http2(),
+            ipv6: ctx.client_ip.is_ipv6(),
+        });
+        let access_log = ctx.snapshot.as_ref().is_none_or(|s| s.settings.access_log);
+        if !access_log {
+            return;
+        }
         let req = session.req_header();
         log::info!(
             target: "access",

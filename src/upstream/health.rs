@@ -132,6 +132,10 @@ fn record(
     res: Result<u16, String>,
     took: Duration,
 ) {
+    crate::metrics::get()
+        .health_check_duration
+        .with_label_values(&[pool.tenant_id(), pool.name()])
+        .observe(took.as_secs_f64());
     let ok = matches!(res, Ok(code) if h.expect.contains(code));
     match ep.record_check(ok, h.rise, h.fall) {
         Some(true) => events::emit(
