@@ -12,6 +12,10 @@ use std::time::{Duration, SystemTime};
 
 /// How often the configuration files are looked at.
 const POLL: Duration = Duration::from_millis(500);
+/// Every this many polls the tenant files are stat'ed even if their directory did not change
+/// (catches a file rewritten in place). Otherwise a poll costs two `stat` calls, whatever the
+/// number of tenants.
+const FULL_SCAN_EVERY: u32 = 10;
 
 pub struct Reloader {
     pub gateway: Arc<Gateway>,
@@ -27,16 +31,7 @@ pub fn config_fingerprint(main: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)
         }
     };
     add(main.to_path_buf());
-    let dir_name = std::fs::read_to_string(main)
-        .ok()
-        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
-        .and_then(|t| {
-            t.get("server")
-                .and_then(|s| s.get("tenants_dir"))
-                .and_then(|d| d.as_str().map(str::to_string))
-        })
-        .unwrap_or_else(|| "tenants.d".to_string());
-    let dir = main.parent().unwrap_or(Path::new(".")).join(dir_name);
+    let dir = tenants_dir(main);
     if let Ok(rd) = std::fs::read_dir(&dir) {
         let mut files: Vec<PathBuf> = rd
             .flatten()
@@ -49,6 +44,30 @@ pub fn config_fingerprint(main: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)
         }
     }
     out
+}
+
+/// Main file and tenants directory (its mtime changes when a file is added, removed or
+/// replaced by rename, which is how editors and Ansible write).
+fn quick_fingerprint(main: &Path) -> [(u64, Option<SystemTime>); 2] {
+    let stat = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| (m.len(), m.modified().ok()))
+            .unwrap_or((0, None))
+    };
+    [stat(main), stat(&tenants_dir(main))]
+}
+
+fn tenants_dir(main: &Path) -> PathBuf {
+    let dir_name = std::fs::read_to_string(main)
+        .ok()
+        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+        .and_then(|t| {
+            t.get("server")
+                .and_then(|s| s.get("tenants_dir"))
+                .and_then(|d| d.as_str().map(str::to_string))
+        })
+        .unwrap_or_else(|| "tenants.d".to_string());
+    main.parent().unwrap_or(Path::new(".")).join(dir_name)
 }
 
 impl Reloader {
@@ -72,6 +91,8 @@ impl BackgroundService for Reloader {
         let source = self.gateway.source.clone();
         let mut applied = source.as_deref().map(config_fingerprint);
         let mut pending: Option<Vec<_>> = None;
+        let mut quick = source.as_deref().map(quick_fingerprint);
+        let mut polls: u32 = 0;
         let mut ticker = tokio::time::interval(POLL);
         loop {
             tokio::select! {
@@ -83,6 +104,13 @@ impl BackgroundService for Reloader {
                 _ = ticker.tick() => {
                     let Some(path) = source.as_deref() else { continue };
                     if !self.gateway.snapshot().settings.watch_config {
+                        continue;
+                    }
+                    polls = polls.wrapping_add(1);
+                    let q = quick_fingerprint(path);
+                    let quiet = Some(q) == quick && pending.is_none();
+                    quick = Some(q);
+                    if quiet && polls % FULL_SCAN_EVERY != 0 {
                         continue;
                     }
                     let now = config_fingerprint(path);

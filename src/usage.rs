@@ -20,7 +20,8 @@ pub struct TenantUsage {
     requests: AtomicU64,
     bytes_out: AtomicU64,
     ipv6: AtomicU64,
-    hll: Box<[AtomicU8]>,
+    /// Allocated on the first request, so an idle tenant costs no kilobyte.
+    hll: std::sync::OnceLock<Box<[AtomicU8]>>,
 }
 
 static USAGE: LazyLock<Mutex<HashMap<String, Arc<TenantUsage>>>> = LazyLock::new(Default::default);
@@ -37,7 +38,7 @@ pub fn tenant_usage(id: &str) -> Arc<TenantUsage> {
                 requests: AtomicU64::new(0),
                 bytes_out: AtomicU64::new(0),
                 ipv6: AtomicU64::new(0),
-                hll: (0..REGISTERS).map(|_| AtomicU8::new(0)).collect(),
+                hll: std::sync::OnceLock::new(),
             })
         })
         .clone()
@@ -54,6 +55,11 @@ fn hash_ip(ip: IpAddr) -> u64 {
 }
 
 impl TenantUsage {
+    fn registers(&self) -> &[AtomicU8] {
+        self.hll
+            .get_or_init(|| (0..REGISTERS).map(|_| AtomicU8::new(0)).collect())
+    }
+
     pub fn record(&self, client: IpAddr, bytes_out: u64) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
@@ -64,7 +70,7 @@ impl TenantUsage {
         let idx = (h >> (64 - INDEX_BITS)) as usize;
         let rest = h << INDEX_BITS;
         let rank = (rest.leading_zeros().min(64 - INDEX_BITS) + 1) as u8;
-        self.hll[idx].fetch_max(rank, Ordering::Relaxed);
+        self.registers()[idx].fetch_max(rank, Ordering::Relaxed);
     }
 }
 
@@ -159,7 +165,11 @@ pub fn flush(state_dir: &Path, now: i64, last_month: &mut String) -> std::io::Re
         e.bytes_out += u.bytes_out.swap(0, Ordering::Relaxed);
         e.ipv6_requests += u.ipv6.swap(0, Ordering::Relaxed);
         let mut regs = e.registers();
-        for (i, r) in u.hll.iter().enumerate() {
+        let Some(hll) = u.hll.get() else {
+            e.visitors_sketch = regs.iter().map(|r| format!("{r:02x}")).collect();
+            continue;
+        };
+        for (i, r) in hll.iter().enumerate() {
             let v = if new_month {
                 r.swap(0, Ordering::Relaxed)
             } else {

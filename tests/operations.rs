@@ -183,15 +183,29 @@ fn file_changes_are_picked_up_without_a_signal() {
         listen,
         admin,
     );
+    // Written the way editors and Ansible do (a new file renamed into place): seen at once.
+    let tdir = g.dir.path().join("tenants.d");
     std::fs::write(
-        g.dir.path().join("tenants.d/t.toml"),
+        tdir.join("t.toml.new"),
         tenant("t", &["t.gov.vn"], &[b.addr], ""),
     )
     .unwrap();
-    wait_until("watcher reload", Duration::from_secs(10), || {
+    std::fs::rename(tdir.join("t.toml.new"), tdir.join("t.toml")).unwrap();
+    wait_until("watcher reload", Duration::from_secs(4), || {
         g.get("t.gov.vn", "/").backend() == Some("b")
     });
     assert!(g.log_text().contains("trigger=file_change"));
+    // Rewritten in place: seen by the periodic full scan (every 5 s).
+    std::fs::write(
+        tdir.join("t.toml"),
+        tenant("t", &["t.gov.vn"], &[a.addr], ""),
+    )
+    .unwrap();
+    wait_until(
+        "watcher reload of an in-place edit",
+        Duration::from_secs(12),
+        || g.get("t.gov.vn", "/").backend() == Some("a"),
+    );
 }
 
 #[test]

@@ -375,6 +375,13 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        // Our own availability probes are not visits: keep them out of metrics and reports.
+        if crate::availability::is_probe(header_str(
+            session.req_header(),
+            crate::availability::PROBE_HEADER,
+        )) {
+            return;
+        }
         let status = ctx
             .local_status
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))
