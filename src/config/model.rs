@@ -20,6 +20,8 @@ pub struct MainConfig {
     /// Tenants written inline in the main file (small setups and tests).
     #[serde(default)]
     pub tenant: Vec<TenantConfig>,
+    /// Event shipping to the SOC and the local archive (`[soc]`, `[[soc.sink]]`).
+    pub soc: Option<super::SocConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,6 +13,7 @@ use crate::events::{self, Severity};
 use crate::forwarded;
 use crate::gateway::{Gateway, Snapshot};
 use crate::routing::{normalize_request_host, HostKey};
+use crate::soc;
 use crate::upstream::{Endpoint, InflightGuard, Pool, PoolKind};
 use async_trait::async_trait;
 use http::header::{HeaderValue, HOST};
@@ -45,6 +46,9 @@ pub struct Ctx {
     got_upstream_response: bool,
     /// Status of a response the gateway wrote itself.
     local_status: Option<u16>,
+    /// When the current backend was chosen, and how long its response header took.
+    upstream_started: Option<Instant>,
+    upstream_ms: Option<u64>,
 }
 
 impl Ctx {
@@ -95,6 +99,8 @@ impl ProxyHttp for Proxy {
             _inflight: None,
             got_upstream_response: false,
             local_status: None,
+            upstream_started: None,
+            upstream_ms: None,
         }
     }
 
@@ -167,6 +173,7 @@ impl ProxyHttp for Proxy {
         ctx.tried.push(ep.addr);
         ctx._inflight = Some(InflightGuard::new(ep.clone()));
         ctx.endpoint = Some(ep.clone());
+        ctx.upstream_started = Some(Instant::now());
 
         let s = &pool.settings;
         let sni = match &s.sni {
@@ -240,6 +247,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.got_upstream_response = true;
+        ctx.upstream_ms = ctx.upstream_started.map(|t| t.elapsed().as_millis() as u64);
         if let Some(ep) = &ctx.endpoint {
             ep.record_success();
         }
@@ -334,31 +342,25 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let access_log = ctx.snapshot.as_ref().is_none_or(|s| s.settings.access_log);
-        if !access_log {
-            return;
-        }
         let status = ctx
             .local_status
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))
             .unwrap_or(0);
-        let req = session.req_header();
-        log::info!(
-            target: "access",
-            "rid={} tenant={} client={} host={} method={} uri={} proto={} status={} bytes={} ms={} upstream={} tries={}{}",
-            ctx.request_id,
-            ctx.tenant_id(),
-            ctx.client_ip,
-            if ctx.host.is_empty() { "-" } else { &ctx.host },
-            req.method,
-            req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-            if session.as_downstream().is_http2() { "h2" } else { "http/1.1" },
-            status,
-            session.body_bytes_sent(),
-            ctx.started.elapsed().as_millis(),
-            ctx.endpoint.as_ref().map(|e| e.addr.to_string()).unwrap_or_else(|| "-".into()),
-            ctx.tries,
-            e.map(|e| format!(" error=\"{}\"", e.etype().as_str())).unwrap_or_default(),
+        soc::access(
+            session,
+            soc::AccessFacts {
+                request_id: &ctx.request_id,
+                tenant: ctx.tenant_id(),
+                host: if ctx.host.is_empty() { "-" } else { &ctx.host },
+                client_ip: ctx.client_ip,
+                started: ctx.started,
+                upstream: ctx.endpoint.as_ref().map(|e| e.addr),
+                upstream_ms: ctx.upstream_ms,
+                tries: ctx.tries,
+                status,
+                error: e.map(|e| e.etype().as_str()),
+                stderr: ctx.snapshot.as_ref().is_none_or(|s| s.settings.access_log),
+            },
         );
     }
 
