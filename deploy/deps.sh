@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building cong needs (cmake and a C compiler for pingora's dependencies) and,
 # with --test, the real programs the test suite starts (curl; rsyslogd with the TLS driver as
-# the SOC receiver; openssl to make its test certificates). Debian/Ubuntu; installs only
+# the SOC receiver). Debian/Ubuntu; installs only
 # what is missing, so it is quick on a machine that already has everything.
 set -euo pipefail
 
 want_bins=(cmake cc)
 want_pkgs=(cmake gcc)
 if [[ "${1:-}" == "--test" ]]; then
-  want_bins+=(curl rsyslogd openssl)
-  want_pkgs+=(curl rsyslog openssl)
+  want_bins+=(curl rsyslogd)
+  want_pkgs+=(curl rsyslog)
 fi
 
 missing=()
