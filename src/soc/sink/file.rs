@@ -182,18 +182,24 @@ fn rotate(spec: &FileSpec) -> anyhow::Result<()> {
         secs / 60 % 60,
         secs % 60
     );
-    let mut target = dir.join(format!("{base}.{ext}"));
+    // Several rotations in one second get -1, -2…; never overwrite an archived file.
+    let mut name = base.clone();
     let mut n = 1;
-    while target.exists() || dir.join(format!("{base}.{ext}.gz")).exists() {
-        target = dir.join(format!("{base}-{n}.{ext}"));
+    while dir.join(format!("{name}.{ext}")).exists()
+        || dir.join(format!("{name}.{ext}.gz")).exists()
+    {
+        name = format!("{base}-{n}");
         n += 1;
     }
+    let target = dir.join(format!("{name}.{ext}"));
     fs::rename(&spec.path, &target)
         .with_context(|| format!("rename {} to {}", spec.path.display(), target.display()))?;
     let spec = spec.clone();
     std::thread::Builder::new()
         .name("cong-log-gzip".into())
         .spawn(move || {
+            // One compression at a time, so two never work on the same file.
+            let _one = COMPRESSING.lock();
             if spec.compress {
                 if let Err(e) = gzip(&target) {
                     events::emit(
@@ -203,15 +209,20 @@ fn rotate(spec: &FileSpec) -> anyhow::Result<()> {
                     );
                 }
             }
-            sweep(&spec);
+            sweep(&spec, false);
         })
         .map(|_| ())
         .context("start compression thread")
 }
 
+static COMPRESSING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn gzip(path: &Path) -> anyhow::Result<PathBuf> {
     use anyhow::Context as _;
     let gz = PathBuf::from(format!("{}.gz", path.display()));
+    if !path.exists() && gz.exists() {
+        return Ok(gz);
+    }
     let tmp = PathBuf::from(format!("{}.gz.tmp", path.display()));
     let mut input = File::open(path).with_context(|| format!("open {}", path.display()))?;
     let out = File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
@@ -230,12 +241,15 @@ fn sweep_later(spec: &FileSpec) {
     let spec = spec.clone();
     let _ = std::thread::Builder::new()
         .name("cong-log-sweep".into())
-        .spawn(move || sweep(&spec));
+        .spawn(move || {
+            let _one = COMPRESSING.lock();
+            sweep(&spec, true)
+        });
 }
 
-/// Deletes rotated files older than the retention period; compresses rotated files a crash
-/// left uncompressed.
-fn sweep(spec: &FileSpec) {
+/// Deletes rotated files older than the retention period; at start-up (`leftovers`) also
+/// compresses rotated files a crash left uncompressed.
+fn sweep(spec: &FileSpec, leftovers: bool) {
     let (stem, ext) = stem_ext(&spec.path);
     let dir = spec.path.parent().unwrap_or(Path::new("."));
     let Ok(entries) = fs::read_dir(dir) else {
@@ -261,7 +275,7 @@ fn sweep(spec: &FileSpec) {
                         .field("file", e.path().display()),
                 );
             }
-        } else if plain && spec.compress {
+        } else if plain && spec.compress && leftovers {
             let _ = gzip(&e.path());
         }
     }
@@ -299,7 +313,7 @@ mod tests {
             .unwrap()
             .set_modified(t)
             .unwrap();
-        sweep(&spec);
+        sweep(&spec, false);
         assert!(!old.exists());
     }
 }
