@@ -34,6 +34,12 @@ struct Rsyslog {
 
 impl Rsyslog {
     fn start(proto: Proto, tls: Option<(&str, &str, &str)>) -> Rsyslog {
+        Self::start_with(proto, tls, "anon")
+    }
+
+    /// `auth` is the gtls driver's authMode: `anon`, or `x509/certvalid` to require a client
+    /// certificate signed by the CA.
+    fn start_with(proto: Proto, tls: Option<(&str, &str, &str)>, auth: &str) -> Rsyslog {
         let dir = tempfile::tempdir().unwrap();
         let port = match proto {
             Proto::Udp => std::net::UdpSocket::bind("127.0.0.1:0")
@@ -62,7 +68,7 @@ impl Rsyslog {
         let input = match proto {
             Proto::Tcp => format!("module(load=\"imtcp\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\" ruleset=\"r\")"),
             Proto::Udp => format!("module(load=\"imudp\")\ninput(type=\"imudp\" address=\"127.0.0.1\" port=\"{port}\" ruleset=\"r\")"),
-            Proto::Tls => format!("module(load=\"imtcp\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\" ruleset=\"r\" streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"anon\")"),
+            Proto::Tls => format!("module(load=\"imtcp\")\ninput(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\" ruleset=\"r\" streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"{auth}\")"),
         };
         let conf = format!(
             "{global}\n{input}\ntemplate(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\nruleset(name=\"r\") {{\n  action(type=\"omfile\" file=\"{}\" template=\"raw\" flushOnTXEnd=\"on\" asyncWriting=\"off\")\n}}\n",
@@ -436,6 +442,27 @@ fn start(sinks: &str, soc_extra: &str) -> Setup {
     }
 }
 
+/// `wait_until`, but a timeout also shows the gateway's log (sink state changes, drops).
+fn wait_logged(what: &str, timeout: Duration, g: &Gateway, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let log: Vec<String> = g
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("event=") || l.contains("ERROR") || l.contains("WARN"))
+        .map(str::to_string)
+        .collect();
+    panic!(
+        "timed out after {timeout:?} waiting for {what}; gateway log:\n{}",
+        log.join("\n")
+    );
+}
+
 fn seq_of_json(v: &serde_json::Value) -> u64 {
     v["event.sequence"].as_u64().expect("event.sequence")
 }
@@ -485,17 +512,22 @@ fn tcp_collector_outage_loses_nothing_and_keeps_order() {
     let outage = Instant::now();
     send(300, "outage");
     let spool = s.state.path().join("spool").join("soc");
-    wait_until("events spooled on disk", Duration::from_secs(10), || {
-        std::fs::read_dir(&spool)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
-                    .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-                    .sum::<u64>()
-                    > 300 * 200
-            })
-            .unwrap_or(false)
-    });
+    wait_logged(
+        "events spooled on disk",
+        Duration::from_secs(10),
+        &s.g,
+        || {
+            std::fs::read_dir(&spool)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+                        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+                        .sum::<u64>()
+                        > 300 * 200
+                })
+                .unwrap_or(false)
+        },
+    );
     // Keep the collector away for a while with traffic still flowing.
     while outage.elapsed() < Duration::from_secs(3) {
         send(10, "outage2");
@@ -971,5 +1003,179 @@ fn archive_rotates_compresses_and_stays_readable() {
             e.metadata().unwrap().len() <= 8192
                 || !e.file_name().to_string_lossy().ends_with(".log")
         );
+    }
+}
+
+/// A minimal HTTP/1.1 collector that stores the JSON arrays POSTed to it and answers the
+/// first `fail_first` requests with 503.
+struct HttpCollector {
+    addr: SocketAddr,
+    events: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HttpCollector {
+    fn start(fail_first: u64) -> HttpCollector {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let fails = Arc::new(AtomicU64::new(fail_first));
+        let (ev, st) = (events.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let (ev, fails) = (ev.clone(), fails.clone());
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(conn);
+                    loop {
+                        let mut len = 0usize;
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        assert!(line.starts_with("POST /bulk HTTP/1.1"), "{line}");
+                        loop {
+                            let mut h = String::new();
+                            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if h.trim().is_empty() {
+                                break;
+                            }
+                            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                len = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        if r.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let failing = fails
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                        let resp: &[u8] = if failing {
+                            b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy"
+                        } else {
+                            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                            ev.lock()
+                                .unwrap()
+                                .extend(v.as_array().unwrap().iter().cloned());
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                        };
+                        if r.get_mut().write_all(resp).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        HttpCollector { addr, events, stop }
+    }
+}
+
+impl Drop for HttpCollector {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+/// JSON batches over HTTP: a collector that first answers 503 still gets every event once,
+/// in order (the refused batches wait in the spool).
+#[test]
+fn http_batches_survive_refusals() {
+    let c = HttpCollector::start(3);
+    let s = start(
+        &format!(
+            "[[soc.sink]]\nname = \"siem\"\ntype = \"http\"\nurl = \"http://{}/bulk\"\nbatch_max = 7\nreconnect_max = \"200ms\"\n",
+            c.addr
+        ),
+        "",
+    );
+    for i in 0..60 {
+        assert_eq!(s.g.get("quangninh.gov.vn", &format!("/h/{i}")).status, 200);
+    }
+    let archived = || -> Vec<u64> { s.archive_json().iter().map(seq_of_json).collect() };
+    let received = || -> Vec<u64> { c.events.lock().unwrap().iter().map(seq_of_json).collect() };
+    wait_logged("every event posted", Duration::from_secs(15), &s.g, || {
+        let a = archived();
+        a.len() >= 60 && received().len() >= a.len()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(received(), archived());
+    assert!(c
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|v| v["event.action"] == "log_sink_down"));
+}
+
+/// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, all PEM:
+/// (ca, server chain, server key, client chain, client key).
+fn pki_with_client() -> (String, String, String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "SOC test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<String>, cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()], "localhost");
+    let (client, client_key) = leaf(vec!["gw-test".into()], "gw-test");
+    (ca.pem(), server, server_key, client, client_key)
+}
+
+/// A collector that requires a client certificate (gtls `x509/certvalid`) accepts the
+/// gateway's configured one.
+#[test]
+fn tls_client_certificate_is_presented() {
+    let (ca, server, server_key, client, client_key) = pki_with_client();
+    let rs = Rsyslog::start_with(
+        Proto::Tls,
+        Some((&ca, &server, &server_key)),
+        "x509/certvalid",
+    );
+    let d = tempfile::tempdir().unwrap();
+    for (n, v) in [
+        ("ca.pem", &ca),
+        ("client.pem", &client),
+        ("client.key", &client_key),
+    ] {
+        std::fs::write(d.path().join(n), v).unwrap();
+    }
+    let s = start(
+        &format!(
+            "[[soc.sink]]\nname = \"soc-mtls\"\ntype = \"tls\"\naddress = \"{}\"\nserver_name = \"localhost\"\nca_file = \"{d}/ca.pem\"\nclient_cert = \"{d}/client.pem\"\nclient_key = \"{d}/client.key\"\nevents = [\"access\"]\n",
+            rs.addr(),
+            d = d.path().display()
+        ),
+        "",
+    );
+    for i in 0..10 {
+        assert_eq!(s.g.get("quangninh.gov.vn", &format!("/m/{i}")).status, 200);
+    }
+    wait_until("events over mutual TLS", Duration::from_secs(10), || {
+        rs.lines().len() >= 10
+    });
+    for l in rs.lines() {
+        let m = parse_5424(&l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert_eq!(m.param("class"), Some("access"));
     }
 }

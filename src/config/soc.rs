@@ -35,6 +35,8 @@ pub enum SinkKind {
     Udp,
     Tcp,
     Tls,
+    /// JSON arrays POSTed to `url` (HTTP or HTTPS).
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -79,6 +81,11 @@ pub struct SinkConfig {
     // network
     /// `IP:PORT`, `[IPv6]:PORT` or `name:PORT` of the collector.
     pub address: Option<Spanned<String>>,
+    /// HTTP sinks: `http://HOST[:PORT]/PATH` or `https://…`.
+    pub url: Option<Spanned<String>>,
+    /// HTTP sinks: most events per POST.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
     /// TLS: CA bundle (PEM) the collector's certificate must chain to.
     pub ca_file: Option<Spanned<String>>,
     /// TLS: client certificate chain and key (PEM), when the collector asks for one.
@@ -128,6 +135,9 @@ fn default_connect_timeout() -> Dur {
 }
 fn default_write_timeout() -> Dur {
     Dur::secs(5)
+}
+fn default_batch_max() -> usize {
+    500
 }
 fn default_reconnect_max() -> Dur {
     Dur::secs(10)

@@ -421,7 +421,65 @@ fn build_sink(
             "a network sink has an `address`, not a `path`",
         ));
     }
-    let address = s.address.as_ref().ok_or_else(|| missing("address"))?;
+    let (address, http, https) = if s.kind == SinkKind::Http {
+        if let Some(a) = &s.address {
+            return Err(src.error_at(
+                a.span(),
+                "soc.sink.address",
+                "an HTTP sink has a `url`, not an `address`",
+            ));
+        }
+        if s.format.is_some_and(|f| f != SinkFormat::Json) {
+            return Err(src.error_at(
+                s.name.span(),
+                "soc.sink.format",
+                "HTTP sinks send JSON only",
+            ));
+        }
+        spec.format = SinkFormat::Json;
+        let url = s.url.as_ref().ok_or_else(|| missing("url"))?;
+        let bad = || {
+            src.error_at(
+                url.span(),
+                "soc.sink.url",
+                "expected http://HOST[:PORT]/PATH or https://HOST[:PORT]/PATH",
+            )
+        };
+        let (https, rest) = match url.get_ref().split_once("://") {
+            Some(("http", r)) => (false, r),
+            Some(("https", r)) => (true, r),
+            _ => return Err(bad()),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad());
+        }
+        let has_port = match authority.strip_prefix('[') {
+            Some(v6) => v6.contains("]:"),
+            None => authority.contains(':'),
+        };
+        let address = if has_port {
+            authority.to_string()
+        } else {
+            format!("{authority}:{}", if https { 443 } else { 80 })
+        };
+        let target = sink::HttpTarget {
+            host: authority.to_string(),
+            path: path.to_string(),
+            batch_max: s.batch_max.max(1),
+        };
+        (toml::Spanned::new(url.span(), address), Some(target), https)
+    } else {
+        if let Some(u) = &s.url {
+            return Err(src.error_at(u.span(), "soc.sink.url", "only for `type = \"http\"` sinks"));
+        }
+        let a = s.address.as_ref().ok_or_else(|| missing("address"))?;
+        (a.clone(), None, false)
+    };
+    let address = &address;
     let host = match address.get_ref().rsplit_once(':') {
         Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => {
             h.trim_start_matches('[').trim_end_matches(']').to_string()
@@ -434,7 +492,7 @@ fn build_sink(
             ))
         }
     };
-    let tls = if s.kind == SinkKind::Tls {
+    let tls = if s.kind == SinkKind::Tls || https {
         Some(tls_spec(cfg, src, s, &host)?)
     } else {
         for (k, v) in [
@@ -447,7 +505,7 @@ fn build_sink(
                 return Err(src.error_at(
                     v.span(),
                     format!("soc.sink.{k}"),
-                    "only for `type = \"tls\"` sinks",
+                    "only for `type = \"tls\"` sinks and https URLs",
                 ));
             }
         }
@@ -456,6 +514,7 @@ fn build_sink(
     spec.net = Some(NetSpec {
         address: address.get_ref().clone(),
         tls,
+        http,
         spool_dir: state_dir.join("spool").join(&name),
         spool_max: s.spool_max_bytes,
         connect_timeout: s.connect_timeout.get(),

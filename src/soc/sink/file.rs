@@ -61,64 +61,46 @@ pub fn run(
                     }
                 }
             }
-            if let Some(c) = cur.as_mut() {
-                let mut lines = String::with_capacity(batch.len() * 600);
-                for r in &batch {
-                    lines.push_str(&format::encode(fmt, r, &cx));
-                    lines.push('\n');
-                }
+            if cur.is_some() {
                 let today = day_of(now_ms());
-                if (spec.rotate_daily && today != c.day)
-                    || (c.size > 0 && c.size + lines.len() as u64 > spec.rotate_bytes)
-                {
-                    let _ = c.w.flush();
-                    cur = None;
-                    if let Err(e) = rotate(&spec) {
-                        events::emit(
-                            Event::new("log_rotate_failed", Severity::Error)
-                                .field("sink", &name)
-                                .field("cause", format!("{e:#}")),
-                        );
-                    }
-                    match open(&spec.path) {
-                        Ok((f, size, _)) => {
-                            cur = Some(Current {
-                                w: BufWriter::with_capacity(256 * 1024, f),
-                                size,
-                                day: today,
-                            })
-                        }
-                        Err(e) => super::set_up(&name, &counters, false, &format!("{e:#}")),
-                    }
-                }
-                let res = match cur.as_mut() {
-                    Some(c) => {
-                        c.w.write_all(lines.as_bytes())
-                            .and_then(|_| c.w.flush())
-                            .map(|_| c.size += lines.len() as u64)
-                    }
-                    None => Err(std::io::Error::other("file not open")),
-                };
-                match res {
-                    Ok(()) => {
-                        counters
-                            .sent
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        // A full disk or a removed directory: count, report, reopen later.
-                        counters
-                            .dropped
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                        super::set_up(
-                            &name,
-                            &counters,
-                            false,
-                            &format!("{}: {e}", spec.path.display()),
-                        );
+                let mut rotate_now =
+                    spec.rotate_daily && cur.as_ref().is_some_and(|c| c.day != today);
+                let mut pending = String::with_capacity(batch.len() * 600);
+                let mut pending_n = 0u64;
+                for r in &batch {
+                    let line = format::encode(fmt, r, &cx);
+                    let size = cur.as_ref().map_or(0, |c| c.size) + pending.len() as u64;
+                    // Rotate before the line that would take the file over the limit.
+                    if rotate_now || (size > 0 && size + line.len() as u64 + 1 > spec.rotate_bytes)
+                    {
+                        rotate_now = false;
+                        write_out(&name, &spec, &mut cur, &pending, pending_n, &counters);
+                        pending.clear();
+                        pending_n = 0;
                         cur = None;
+                        if let Err(e) = rotate(&spec) {
+                            events::emit(
+                                Event::new("log_rotate_failed", Severity::Error)
+                                    .field("sink", &name)
+                                    .field("cause", format!("{e:#}")),
+                            );
+                        }
+                        match open(&spec.path) {
+                            Ok((f, size, _)) => {
+                                cur = Some(Current {
+                                    w: BufWriter::with_capacity(256 * 1024, f),
+                                    size,
+                                    day: today,
+                                })
+                            }
+                            Err(e) => super::set_up(&name, &counters, false, &format!("{e:#}")),
+                        }
                     }
+                    pending.push_str(&line);
+                    pending.push('\n');
+                    pending_n += 1;
                 }
+                write_out(&name, &spec, &mut cur, &pending, pending_n, &counters);
             }
         }
         if closed {
@@ -127,6 +109,44 @@ pub fn run(
                 let _ = c.w.get_ref().sync_data();
             }
             return;
+        }
+    }
+}
+
+/// Appends `lines` (`n` events) to the current file; a failure (full disk, removed
+/// directory) drops them, counted and reported, and the file is reopened at the next event.
+fn write_out(
+    name: &str,
+    spec: &FileSpec,
+    cur: &mut Option<Current>,
+    lines: &str,
+    n: u64,
+    counters: &SinkCounters,
+) {
+    if n == 0 {
+        return;
+    }
+    let res = match cur.as_mut() {
+        Some(c) => {
+            c.w.write_all(lines.as_bytes())
+                .and_then(|_| c.w.flush())
+                .map(|_| c.size += lines.len() as u64)
+        }
+        None => Err(std::io::Error::other("file not open")),
+    };
+    match res {
+        Ok(()) => {
+            counters.sent.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(e) => {
+            counters.dropped.fetch_add(n, Ordering::Relaxed);
+            super::set_up(
+                name,
+                counters,
+                false,
+                &format!("{}: {e}", spec.path.display()),
+            );
+            *cur = None;
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Sinks: where encoded events go. Each sink runs on its own thread with its own bounded queue
 //! fed by the dispatcher, so a slow or dead destination never holds up the request path or the
 //! other sinks. `file` writes the local archive (rotation, compression, retention); `net`
-//! speaks syslog over UDP, TCP (RFC 6587 octet counting) and TLS (RFC 5425), spooling to disk
-//! while the collector is away. Sinks own their destination and counters only; they never
+//! speaks syslog over UDP, TCP (RFC 6587 octet counting) and TLS (RFC 5425), or POSTs JSON
+//! batches over HTTP(S), spooling to disk while the collector is away. Sinks own their destination and counters only; they never
 //! assign sequence numbers or decide which events they get (the dispatcher's filter does).
 
 pub mod file;
@@ -42,11 +42,22 @@ pub struct FileSpec {
 pub struct NetSpec {
     pub address: String,
     pub tls: Option<net::TlsSpec>,
+    /// Set for HTTP(S) sinks: messages are POSTed as JSON arrays instead of syslog frames.
+    pub http: Option<HttpTarget>,
     pub spool_dir: PathBuf,
     pub spool_max: u64,
     pub connect_timeout: Duration,
     pub write_timeout: Duration,
     pub reconnect_max: Duration,
+}
+
+/// Where an HTTP(S) sink POSTs.
+#[derive(Clone, Debug)]
+pub struct HttpTarget {
+    /// `Host` header value.
+    pub host: String,
+    pub path: String,
+    pub batch_max: usize,
 }
 
 /// Counters of one sink, plain atomics a metrics endpoint can read.
@@ -60,7 +71,7 @@ pub struct SinkCounters {
     pub dropped: AtomicU64,
     /// Bytes waiting in the disk spool.
     pub spool_bytes: AtomicU64,
-    /// Connection and write failures.
+    /// Times the destination went down (connection, write or file errors).
     pub errors: AtomicU64,
     /// Whether the destination is currently reachable.
     pub up: AtomicBool,

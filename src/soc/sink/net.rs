@@ -5,7 +5,7 @@
 //! disk spool and are replayed in order, oldest first, before anything new. Owns the
 //! connection and the spool of its sink.
 
-use super::{set_up, take_batch, NetSpec, SinkCounters};
+use super::{set_up, take_batch, HttpTarget, NetSpec, SinkCounters};
 use crate::config::{SinkFormat, SinkKind};
 use crate::soc::event::Record;
 use crate::soc::format::{self, Context};
@@ -29,6 +29,8 @@ pub struct TlsSpec {
 enum Conn {
     Tcp(TcpStream),
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    /// HTTP/1.1 keep-alive over either of the above.
+    Http(Box<Conn>, HttpTarget),
 }
 
 enum Peek {
@@ -63,6 +65,7 @@ fn peek(s: &TcpStream) -> Peek {
 impl Conn {
     fn alive(&mut self) -> bool {
         match self {
+            Conn::Http(inner, _) => inner.alive(),
             Conn::Tcp(s) => loop {
                 match peek(s) {
                     Peek::Nothing => return true,
@@ -104,8 +107,15 @@ impl Conn {
         }
     }
 
-    /// Writes messages with octet-counting framing.
+    /// Writes messages with octet-counting framing (syslog), or POSTs them as JSON arrays of
+    /// at most `batch_max` and checks for a 2xx answer (HTTP).
     fn send<M: AsRef<[u8]>>(&mut self, msgs: &[M]) -> io::Result<()> {
+        if let Conn::Http(inner, target) = self {
+            for chunk in msgs.chunks(target.batch_max) {
+                post(inner, target, chunk)?;
+            }
+            return Ok(());
+        }
         let mut buf = Vec::with_capacity(msgs.iter().map(|m| m.as_ref().len() + 8).sum());
         for m in msgs {
             let m = m.as_ref();
@@ -113,17 +123,125 @@ impl Conn {
             buf.push(b' ');
             buf.extend_from_slice(m);
         }
+        self.write_raw(&buf)
+    }
+
+    fn write_raw(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
-            Conn::Tcp(s) => s.write_all(&buf),
-            Conn::Tls(s) => s.write_all(&buf).and_then(|_| s.flush()),
+            Conn::Tcp(s) => s.write_all(buf),
+            Conn::Tls(s) => s.write_all(buf).and_then(|_| s.flush()),
+            Conn::Http(inner, _) => inner.write_raw(buf),
         }
     }
 
-    fn close(self) {
-        if let Conn::Tls(mut s) = self {
-            s.conn.send_close_notify();
-            let _ = s.flush();
+    fn read_raw(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+            Conn::Http(inner, _) => inner.read_raw(buf),
         }
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) {
+        let _ = match self {
+            Conn::Tcp(s) => s.set_read_timeout(t),
+            Conn::Tls(s) => s.sock.set_read_timeout(t),
+            Conn::Http(inner, _) => {
+                inner.set_read_timeout(t);
+                Ok(())
+            }
+        };
+    }
+
+    fn close(self) {
+        match self {
+            Conn::Tls(mut s) => {
+                s.conn.send_close_notify();
+                let _ = s.flush();
+            }
+            Conn::Http(inner, _) => inner.close(),
+            Conn::Tcp(_) => {}
+        }
+    }
+}
+
+/// One POST of a JSON array; Ok only for a 2xx answer, whose body is read and discarded so the
+/// connection can be reused.
+fn post<M: AsRef<[u8]>>(c: &mut Conn, t: &HttpTarget, msgs: &[M]) -> io::Result<()> {
+    let mut body = Vec::with_capacity(msgs.iter().map(|m| m.as_ref().len() + 1).sum::<usize>() + 2);
+    body.push(b'[');
+    for (i, m) in msgs.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(m.as_ref());
+    }
+    body.push(b']');
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nUser-Agent: cong/{}\r\n\r\n",
+        t.path,
+        t.host,
+        body.len(),
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut req = head.into_bytes();
+    req.extend_from_slice(&body);
+    c.write_raw(&req)?;
+    // Response head, then as much body as it announces.
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(io::Error::other("HTTP response head too large"));
+        }
+        let n = c.read_raw(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::other("connection closed before the response"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other("bad HTTP status line"))?;
+    let length = head.lines().find_map(|l| {
+        l.strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    });
+    let chunked = head.contains("transfer-encoding: chunked");
+    let mut have = buf.len() - head_end;
+    match (length, chunked) {
+        (Some(len), _) => {
+            while have < len {
+                let n = c.read_raw(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                have += n;
+            }
+        }
+        (None, true) => {
+            let mut tail = buf[head_end..].to_vec();
+            while !tail.ends_with(b"0\r\n\r\n") {
+                let n = c.read_raw(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&chunk[..n]);
+            }
+        }
+        // No length: the body ends when the server closes; `ready` then reconnects.
+        (None, false) => {}
+    }
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("HTTP status {status}")))
     }
 }
 
@@ -140,7 +258,7 @@ fn connect(spec: &NetSpec) -> anyhow::Result<Conn> {
                 s.set_nodelay(true).ok();
                 s.set_write_timeout(Some(spec.write_timeout))?;
                 let Some(tls) = &spec.tls else {
-                    return Ok(Conn::Tcp(s));
+                    return Ok(with_http(Conn::Tcp(s), spec));
                 };
                 s.set_read_timeout(Some(spec.connect_timeout))?;
                 let c = rustls::ClientConnection::new(tls.config.clone(), tls.server_name.clone())
@@ -152,7 +270,7 @@ fn connect(spec: &NetSpec) -> anyhow::Result<Conn> {
                         .with_context(|| format!("TLS handshake with {a}"))?;
                 }
                 st.sock.set_read_timeout(None)?;
-                return Ok(Conn::Tls(Box::new(st)));
+                return Ok(with_http(Conn::Tls(Box::new(st)), spec));
             }
             Err(e) => last = Some(anyhow::Error::new(e).context(format!("connect {a}"))),
         }
@@ -160,7 +278,32 @@ fn connect(spec: &NetSpec) -> anyhow::Result<Conn> {
     Err(last.unwrap_or_else(|| anyhow::anyhow!("{} resolves to no address", spec.address)))
 }
 
-/// The TCP/TLS sink loop: deliver directly while the collector is up and nothing is spooled;
+fn with_http(c: Conn, spec: &NetSpec) -> Conn {
+    match &spec.http {
+        Some(t) => {
+            c.set_read_timeout(Some(spec.write_timeout));
+            Conn::Http(Box::new(c), t.clone())
+        }
+        None => c,
+    }
+}
+
+/// A connection ready for writing: the current one if the collector has not closed it; for
+/// HTTP, whose servers close idle keep-alive connections routinely, a fresh one otherwise.
+fn ready<'a>(conn: &'a mut Option<Conn>, spec: &NetSpec) -> Option<&'a mut Conn> {
+    let alive = conn.as_mut().is_some_and(|c| c.alive());
+    if !alive && conn.is_some() && spec.http.is_some() {
+        *conn = connect(spec).ok();
+        return conn.as_mut();
+    }
+    if alive {
+        conn.as_mut()
+    } else {
+        None
+    }
+}
+
+/// The TCP/TLS/HTTP sink loop: deliver directly while the collector is up and nothing is spooled;
 /// otherwise append to the spool, reconnect with backoff, and replay the spool in order.
 pub fn run_stream(
     name: String,
@@ -192,7 +335,10 @@ pub fn run_stream(
         let (batch, closed) = take_batch(&rx, wait, 1024, &counters);
         let msgs: Vec<String> = batch
             .iter()
-            .map(|r| format::encode_syslog(fmt, r, &cx))
+            .map(|r| match spec.http {
+                Some(_) => format::encode(fmt, r, &cx),
+                None => format::encode_syslog(fmt, r, &cx),
+            })
             .collect();
 
         if conn.is_none() && !closed && Instant::now() >= next_try {
@@ -212,23 +358,27 @@ pub fn run_stream(
 
         let direct = conn.is_some() && !spool_pending(&spool);
         if direct && !msgs.is_empty() {
-            let ok = conn
-                .as_mut()
-                .is_some_and(|c| c.alive() && c.send(&msgs).is_ok());
-            if ok {
-                counters
-                    .sent
-                    .fetch_add(msgs.len() as u64, Ordering::Relaxed);
-            } else {
-                lost_connection(&name, &counters, &mut conn, &mut next_try);
-                to_spool(&mut spool, &msgs, &counters);
+            let res = match ready(&mut conn, &spec) {
+                Some(c) => c.send(&msgs),
+                None => Err(io::Error::other("connection closed by the collector")),
+            };
+            match res {
+                Ok(()) => {
+                    counters
+                        .sent
+                        .fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    lost_connection(&name, &counters, &mut conn, &mut next_try, &e);
+                    to_spool(&mut spool, &msgs, &counters);
+                }
             }
         } else if !msgs.is_empty() {
             to_spool(&mut spool, &msgs, &counters);
         }
 
         // Replay a bounded amount per round so new events keep being taken from the queue.
-        if let (Some(c), Some(s)) = (conn.as_mut(), spool.as_mut()) {
+        if let (true, Some(s)) = (conn.is_some(), spool.as_mut()) {
             let mut replayed = 0usize;
             while !s.is_empty() && replayed < 4 * 1024 * 1024 {
                 let old = match s.peek(256 * 1024) {
@@ -241,8 +391,12 @@ pub fn run_stream(
                 if old.is_empty() {
                     break;
                 }
-                if !(c.alive() && c.send(&old).is_ok()) {
-                    lost_connection(&name, &counters, &mut conn, &mut next_try);
+                let res = match ready(&mut conn, &spec) {
+                    Some(c) => c.send(&old),
+                    None => Err(io::Error::other("connection closed by the collector")),
+                };
+                if let Err(e) = res {
+                    lost_connection(&name, &counters, &mut conn, &mut next_try, &e);
                     break;
                 }
                 replayed += old.iter().map(Vec::len).sum::<usize>();
@@ -278,9 +432,10 @@ fn lost_connection(
     counters: &SinkCounters,
     conn: &mut Option<Conn>,
     next_try: &mut Instant,
+    e: &io::Error,
 ) {
     *conn = None;
-    set_up(name, counters, false, "connection lost");
+    set_up(name, counters, false, &format!("connection lost: {e}"));
     *next_try = Instant::now() + Duration::from_millis(100);
 }
 
