@@ -174,7 +174,7 @@ run_one() {
     PIDS+=("$pid")
     wait_port "$CONG_PORT"
     taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" -H "Host: $HOST" "http://127.0.0.1:$CONG_PORT/" >/dev/null
-    lines0=$(wc -l <"$WORK/rsyslog/out.log" 2>/dev/null || echo 0)
+    lines0=$( { wc -l <"$WORK/rsyslog/out.log"; } 2>/dev/null || echo 0)
     before=$(cpu_ticks "$pid")
     out=$(taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Host: $HOST" "http://127.0.0.1:$CONG_PORT/")
     after=$(cpu_ticks "$pid")
@@ -182,7 +182,7 @@ run_one() {
     rps=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")
     # Let the sink catch up before counting what the collector got.
     sleep 2
-    lines1=$(wc -l <"$WORK/rsyslog/out.log" 2>/dev/null || echo 0)
+    lines1=$( { wc -l <"$WORK/rsyslog/out.log"; } 2>/dev/null || echo 0)
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     local dropped

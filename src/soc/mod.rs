@@ -762,21 +762,33 @@ pub fn start(settings: Settings) -> anyhow::Result<Arc<Counters>> {
 fn dispatch(rx: Receiver<Msg>, sinks: Vec<SinkHandle>, mut seq: Sequence, c: Arc<Counters>) {
     let mut last_report = Instant::now();
     let mut reported: Vec<u64> = vec![0; sinks.len() + 1];
-    loop {
+    let forward = |mut r: Record, seq: &mut Sequence| {
+        c.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        r.seq = seq.take();
+        let class = r.class();
+        let r = Arc::new(r);
+        for s in &sinks {
+            if !s.classes.contains(&class) {
+                continue;
+            }
+            s.counters.queue_depth.fetch_add(1, Ordering::Relaxed);
+            if s.tx.try_send(r.clone()).is_err() {
+                s.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    };
+    'outer: loop {
         match rx.recv_timeout(Duration::from_millis(250)) {
-            Ok(Msg::Rec(mut r)) => {
-                c.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                r.seq = seq.take();
-                let class = r.class();
-                let r = Arc::new(r);
-                for s in &sinks {
-                    if !s.classes.contains(&class) {
-                        continue;
-                    }
-                    s.counters.queue_depth.fetch_add(1, Ordering::Relaxed);
-                    if s.tx.try_send(r.clone()).is_err() {
-                        s.counters.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                        s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            Ok(Msg::Rec(r)) => {
+                forward(r, &mut seq);
+                // Gather a batch rather than wake the sinks once per event.
+                std::thread::sleep(sink::LINGER);
+                for _ in 0..16_384 {
+                    match rx.try_recv() {
+                        Ok(Msg::Rec(r)) => forward(r, &mut seq),
+                        Ok(Msg::Stop) | Err(mpsc::TryRecvError::Disconnected) => break 'outer,
+                        Err(mpsc::TryRecvError::Empty) => break,
                     }
                 }
             }

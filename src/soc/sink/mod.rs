@@ -77,6 +77,11 @@ pub struct SinkCounters {
     pub up: AtomicBool,
 }
 
+/// How long a sink or the dispatcher waits after the first event of a batch. Waking a thread
+/// per event costs more CPU than building the event; a few milliseconds of delay does not
+/// matter to a log.
+pub(crate) const LINGER: Duration = Duration::from_millis(5);
+
 /// Takes what is queued: waits up to `wait` for the first record, then drains without waiting,
 /// up to `max`. The bool is true when the dispatcher is gone (shutdown).
 pub(crate) fn take_batch(
@@ -88,7 +93,11 @@ pub(crate) fn take_batch(
     let mut out = Vec::new();
     let mut closed = false;
     match rx.recv_timeout(wait) {
-        Ok(r) => out.push(r),
+        Ok(r) => {
+            out.push(r);
+            // Let a batch gather instead of waking up (and writing) once per event.
+            std::thread::sleep(LINGER);
+        }
         Err(RecvTimeoutError::Timeout) => {}
         Err(RecvTimeoutError::Disconnected) => closed = true,
     }
