@@ -1,8 +1,9 @@
 //! The disk spool of one network sink: messages a collector could not take yet, kept in order
 //! in segment files (`NNNNNNNNNNNNNNNNNNNN.seg`, each a run of 4-byte big-endian length +
 //! message) with a `cursor` file saying how far delivery got, so they survive a restart and
-//! are replayed first. Bounded in bytes: `push` refuses when full and the caller counts the
-//! drop. Owns its directory only; it never talks to the network and is used by one thread.
+//! are replayed first; a record cut short by a crash is trimmed at open. Bounded in bytes:
+//! `push` refuses when full and the caller counts the drop. Owns its directory only; it never
+//! talks to the network and is used by one thread.
 
 use anyhow::Context as _;
 use std::collections::VecDeque;
@@ -41,6 +42,10 @@ impl Spool {
             }
         }
         segs.sort();
+        // A crash in the middle of an append leaves a partial record at the very end.
+        if let Some(last) = segs.last_mut() {
+            last.1 = repair_tail(&dir.join(seg_name(last.0)))?;
+        }
         let mut read_off = 0;
         if let Ok(text) = fs::read_to_string(dir.join("cursor")) {
             let mut it = text.split_whitespace();
@@ -156,6 +161,13 @@ impl Spool {
         let mut at = 0;
         while at + 4 <= buf.len() {
             let n = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+            if n > MAX_RECORD {
+                anyhow::bail!(
+                    "{}: damaged record at {}",
+                    path.display(),
+                    self.read_off + at as u64
+                );
+            }
             if at + 4 + n > buf.len() {
                 if out.is_empty() {
                     // One message larger than `max`: read it alone.
@@ -170,6 +182,22 @@ impl Spool {
             at += 4 + n;
         }
         Ok(out)
+    }
+
+    /// Gives up the oldest segment (after `peek` found it damaged); returns the bytes lost.
+    pub fn skip_segment(&mut self) -> anyhow::Result<u64> {
+        let Some((id, size)) = self.segs.pop_front() else {
+            return Ok(0);
+        };
+        if self.segs.is_empty() {
+            self.writer = None;
+        }
+        let lost = size.saturating_sub(self.read_off);
+        let _ = fs::remove_file(self.dir.join(seg_name(id)));
+        self.total -= size;
+        self.read_off = 0;
+        self.consume(&[])?;
+        Ok(lost)
     }
 
     /// Marks the first `msgs` as delivered (their sizes as returned by `peek`).
@@ -200,6 +228,31 @@ impl Spool {
     }
 }
 
+/// Most bytes one message may have; a larger length prefix means a damaged segment.
+const MAX_RECORD: usize = 16 * 1024 * 1024;
+
+/// Cuts a segment after its last complete record; returns the new length.
+fn repair_tail(path: &Path) -> anyhow::Result<u64> {
+    let data = fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    let mut at = 0usize;
+    while at + 4 <= data.len() {
+        let n = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
+        if n > MAX_RECORD || at + 4 + n > data.len() {
+            break;
+        }
+        at += 4 + n;
+    }
+    if at < data.len() {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("open {}", path.display()))?;
+        f.set_len(at as u64)
+            .with_context(|| format!("truncate {}", path.display()))?;
+    }
+    Ok(at as u64)
+}
+
 fn seg_name(id: u64) -> String {
     format!("{id:020}.seg")
 }
@@ -227,5 +280,26 @@ mod tests {
         assert!(s.is_empty());
         assert!(s.push(&[b'x'; 90]).unwrap());
         assert!(!s.push(&[b'y'; 10]).unwrap(), "full");
+    }
+
+    #[test]
+    fn a_partial_record_from_a_crash_is_cut_off() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(d.path(), 1000).unwrap();
+        assert!(s.push(b"one").unwrap());
+        assert!(s.push(b"two").unwrap());
+        s.sync().unwrap();
+        drop(s);
+        let seg = d.path().join(seg_name(1));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[0, 0, 0, 9, b'h']).unwrap();
+        drop(f);
+        let mut s = Spool::open(d.path(), 1000).unwrap();
+        assert!(s.push(b"three").unwrap());
+        let got = s.peek(1000).unwrap();
+        assert_eq!(
+            got,
+            vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! File sink: one line per event appended to `path`, rotated by size and by day into
 //! `STEM-YYYYMMDD-HHMMSS.EXT` beside it, rotated files gzipped (`.gz`) and deleted after the
 //! retention period. This is the local archive the SOC report reads. Owns its file and the
-//! rotated files with its stem only.
+//! rotated files with its stem only; never touches other files of the directory.
 
 use super::{take_batch, FileSpec, SinkCounters};
 use crate::config::SinkFormat;

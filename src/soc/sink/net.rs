@@ -2,8 +2,9 @@
 //! cannot be known lost), failures counted. TCP and TLS: RFC 6587 octet counting
 //! (`LEN SP MSG`), TLS per RFC 5425 with the collector verified against the configured CA and
 //! an optional client certificate. While the collector is down or slow, messages go to the
-//! disk spool and are replayed in order, oldest first, before anything new. Owns the
-//! connection and the spool of its sink.
+//! disk spool and are replayed in order, oldest first, before anything new. HTTP(S) sinks POST
+//! JSON arrays and count only a 2xx answer as delivered. Owns the connection and the spool of
+//! its sink; never reorders, renumbers or filters events.
 
 use super::{set_up, take_batch, HttpTarget, NetSpec, SinkCounters};
 use crate::config::{SinkFormat, SinkKind};
@@ -384,7 +385,18 @@ pub fn run_stream(
                 let old = match s.peek(256 * 1024) {
                     Ok(m) => m,
                     Err(e) => {
-                        set_up(&name, &counters, false, &format!("spool: {e:#}"));
+                        // A damaged segment cannot be replayed: give it up, loudly.
+                        let lost = s.skip_segment().unwrap_or(0);
+                        counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        crate::events::emit(
+                            crate::events::Event::new(
+                                "log_spool_damaged",
+                                crate::events::Severity::Error,
+                            )
+                            .field("sink", &name)
+                            .field("bytes_lost", lost)
+                            .field("cause", format!("{e:#}")),
+                        );
                         break;
                     }
                 };
