@@ -1179,3 +1179,64 @@ fn tls_client_certificate_is_presented() {
         assert_eq!(m.param("class"), Some("access"));
     }
 }
+
+/// During a binary upgrade two processes share the state directory for a while: the new one
+/// leaves the sequence file, spools and archive to the old one until it exits, then carries
+/// the numbering on.
+#[test]
+fn a_second_process_waits_for_the_state_directory() {
+    let state = tempfile::tempdir().unwrap();
+    let backend = Backend::start("b", "127.0.0.1");
+    let t = tenant("quangninh", &["quangninh.gov.vn"], &[backend.addr], "");
+    let gateway = || {
+        let listen = free_addr("127.0.0.1");
+        let admin = free_addr("127.0.0.1");
+        let mut cfg = base_config(listen, admin, "access_log = false");
+        cfg.push_str(&format!(
+            "[soc]\nstate_dir = \"{s}\"\n\n[[soc.sink]]\nname = \"archive\"\ntype = \"file\"\npath = \"{s}/archive/events.log\"\nevents = [\"access\"]\n",
+            s = state.path().display()
+        ));
+        Gateway::start(&cfg, &[("t.toml", &t)], listen, admin)
+    };
+    let archive = state.path().join("archive/events.log");
+    let seqs = || -> Vec<u64> {
+        std::fs::read_to_string(&archive)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| seq_of_json(&serde_json::from_str(l).unwrap()))
+            .collect()
+    };
+    let mut old = gateway();
+    for i in 0..5 {
+        assert_eq!(
+            old.get("quangninh.gov.vn", &format!("/old/{i}")).status,
+            200
+        );
+    }
+    wait_until("old process archived", Duration::from_secs(10), || {
+        seqs().len() == 5
+    });
+
+    let new = gateway();
+    for i in 0..5 {
+        assert_eq!(
+            new.get("quangninh.gov.vn", &format!("/new/{i}")).status,
+            200
+        );
+    }
+    wait_until("the new process notices", Duration::from_secs(10), || {
+        new.log_text().contains("is in use by another cong process")
+    });
+    assert_eq!(seqs().len(), 5, "the new process waits");
+
+    old.signal(libc::SIGTERM);
+    assert!(old.wait_exit(Duration::from_secs(15)).is_some());
+    wait_until("new process archived", Duration::from_secs(10), || {
+        seqs().len() == 10
+    });
+    let s = seqs();
+    assert!(
+        s.windows(2).all(|w| w[1] > w[0]),
+        "numbering goes on: {s:?}"
+    );
+}

@@ -693,7 +693,14 @@ pub fn start(settings: Settings) -> anyhow::Result<Arc<Counters>> {
     use anyhow::Context as _;
     std::fs::create_dir_all(&settings.state_dir)
         .with_context(|| format!("create {}", settings.state_dir.display()))?;
-    let seq = Sequence::open(settings.state_dir.join("sequence"))?;
+    let lock_path = settings.state_dir.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("open {}", lock_path.display()))?;
+    let locked = flock(&lock, false);
     // Channels and counters first, so the pipeline is in place before any sink thread can
     // report something (a collector refusing the first connection, say).
     let mut handles = Vec::new();
@@ -726,8 +733,86 @@ pub fn start(settings: Settings) -> anyhow::Result<Arc<Counters>> {
             threads: Mutex::new(Vec::new()),
         })
         .map_err(|_| anyhow::anyhow!("the SOC pipeline is already running"))?;
-    let mut threads = Vec::new();
     let c = counters.clone();
+    let state_dir_text = settings.state_dir.display().to_string();
+    let run = move || -> anyhow::Result<()> {
+        let seq = Sequence::open(settings.state_dir.join("sequence"))?;
+        let mut threads = launch(&settings.context, rx, handles, starts, seq, c)?;
+        if let Some(Ok(mut t)) = PIPELINE.get().map(|p| p.threads.lock()) {
+            t.append(&mut threads);
+        }
+        Ok(())
+    };
+    if locked {
+        run()?;
+    } else {
+        // Another cong uses this state directory: the old process of a binary upgrade, still
+        // finishing its requests. Its sequence file and spools are not ours to touch until it
+        // exits; events wait in the queue meanwhile.
+        log::warn!(
+            "{state_dir_text} is in use by another cong process: SOC events wait in memory until it exits"
+        );
+        std::thread::Builder::new()
+            .name("cong-soc-wait".into())
+            .spawn(move || {
+                let lock = lock;
+                flock(&lock, true);
+                let _ = STATE_LOCK.set(lock);
+                if let Err(e) = run() {
+                    log::error!("SOC log shipping cannot start: {e:#}");
+                }
+            })
+            .context("start SOC thread")?;
+        return Ok(counters);
+    }
+    let _ = STATE_LOCK.set(lock);
+    Ok(counters)
+}
+
+/// The open lock file of `state_dir`, held for the life of the process.
+static STATE_LOCK: OnceLock<std::fs::File> = OnceLock::new();
+
+/// Exclusive flock(2); `wait` blocks until it is free. False when it is held elsewhere (or
+/// cannot be taken at all, which is treated the same way only when not waiting).
+fn flock(f: &std::fs::File, wait: bool) -> bool {
+    use std::os::fd::AsRawFd;
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    loop {
+        // SAFETY: flock(2) on a file descriptor we own.
+        let r = unsafe { libc::flock(f.as_raw_fd(), op) };
+        if r == 0 {
+            return true;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            return false;
+        }
+        // A file system without locks: go on unprotected rather than not log at all.
+        log::warn!("cannot lock the SOC state directory: {e}");
+        return true;
+    }
+}
+
+type SinkStart = (SinkSpec, Receiver<Arc<Record>>, Arc<SinkCounters>);
+
+/// Spawns the dispatcher and one thread per sink.
+fn launch(
+    cx: &format::Context,
+    rx: Receiver<Msg>,
+    handles: Vec<SinkHandle>,
+    starts: Vec<SinkStart>,
+    seq: Sequence,
+    c: Arc<Counters>,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    use anyhow::Context as _;
+    let mut threads = Vec::new();
     threads.push(
         std::thread::Builder::new()
             .name("cong-soc-dispatch".into())
@@ -735,7 +820,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Arc<Counters>> {
             .context("start dispatcher thread")?,
     );
     for (spec, rx, c) in starts {
-        let cx = settings.context.clone();
+        let cx = cx.clone();
         let name = spec.name.clone();
         let fmt = spec.format;
         let t = match (spec.file, spec.net) {
@@ -753,10 +838,7 @@ pub fn start(settings: Settings) -> anyhow::Result<Arc<Counters>> {
         .context("start sink thread")?;
         threads.push(t);
     }
-    if let Some(Ok(mut t)) = PIPELINE.get().map(|p| p.threads.lock()) {
-        t.append(&mut threads);
-    }
-    Ok(counters)
+    Ok(threads)
 }
 
 fn dispatch(rx: Receiver<Msg>, sinks: Vec<SinkHandle>, mut seq: Sequence, c: Arc<Counters>) {
