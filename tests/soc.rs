@@ -913,6 +913,40 @@ fn soc_report_from_an_archive() {
     assert!(html.contains("203.0.113.50"));
     assert!(!html.contains("198.51.100.7"), "tenant filter");
 
+    // Without --archive: the JSON file sink of the configuration.
+    let listen = free_addr("127.0.0.1");
+    let mut cfg = base_config(listen, free_addr("127.0.0.1"), "");
+    cfg.push_str(&format!(
+        "[soc]\nstate_dir = \"{d}\"\n\n[[soc.sink]]\nname = \"soc\"\ntype = \"tcp\"\naddress = \"127.0.0.1:6514\"\nformat = \"cef\"\n\n[[soc.sink]]\nname = \"archive\"\ntype = \"file\"\npath = \"{a}\"\n",
+        d = d.path().display(),
+        a = archive.display()
+    ));
+    let t = tenant("t", &["t.gov.vn"], &[free_addr("127.0.0.1")], "");
+    let cdir = tempfile::tempdir().unwrap();
+    write_config(cdir.path(), &cfg, &[("t.toml", &t)]);
+    let out = Command::new(CONG)
+        .args([
+            "report",
+            "soc",
+            "--from",
+            "2026-11-16",
+            "--to",
+            "2026-11-22",
+            "--format",
+            "json",
+            "-c",
+        ])
+        .arg(cdir.path().join("cong.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["blocks"], 4);
+
     let bad = Command::new(CONG)
         .args([
             "report",
@@ -1162,7 +1196,8 @@ fn tls_client_certificate_is_presented() {
     }
     let s = start(
         &format!(
-            "[[soc.sink]]\nname = \"soc-mtls\"\ntype = \"tls\"\naddress = \"{}\"\nserver_name = \"localhost\"\nca_file = \"{d}/ca.pem\"\nclient_cert = \"{d}/client.pem\"\nclient_key = \"{d}/client.key\"\nevents = [\"access\"]\n",
+            "[[soc.sink]]\nname = \"soc-mtls\"\ntype = \"tls\"\naddress = \"{0}\"\nserver_name = \"localhost\"\nca_file = \"{d}/ca.pem\"\nclient_cert = \"{d}/client.pem\"\nclient_key = \"{d}/client.key\"\nevents = [\"access\"]\n\n\
+             [[soc.sink]]\nname = \"no-cert\"\ntype = \"tls\"\naddress = \"{0}\"\nserver_name = \"localhost\"\nca_file = \"{d}/ca.pem\"\nformat = \"json\"\nevents = [\"access\"]\nreconnect_max = \"200ms\"\n",
             rs.addr(),
             d = d.path().display()
         ),
@@ -1174,9 +1209,23 @@ fn tls_client_certificate_is_presented() {
     wait_until("events over mutual TLS", Duration::from_secs(10), || {
         rs.lines().len() >= 10
     });
+    // The sink without a client certificate is refused and says so.
+    wait_until(
+        "the refused sink is reported",
+        Duration::from_secs(10),
+        || {
+            s.archive_json()
+                .iter()
+                .any(|v| v["event.action"] == "log_sink_down" && v["cong.sink"] == "no-cert")
+        },
+    );
     for l in rs.lines() {
         let m = parse_5424(&l).unwrap_or_else(|e| panic!("{e}: {l}"));
-        assert_eq!(m.param("class"), Some("access"));
+        assert_eq!(
+            m.param("class"),
+            Some("access"),
+            "nothing from the sink without a certificate"
+        );
     }
 }
 
@@ -1239,4 +1288,44 @@ fn a_second_process_waits_for_the_state_directory() {
         s.windows(2).all(|w| w[1] > w[0]),
         "numbering goes on: {s:?}"
     );
+}
+
+/// Mistakes in `[soc]` are named by file, line, column and key.
+#[test]
+fn soc_config_errors_are_located() {
+    let t = tenant("t", &["t.gov.vn"], &[free_addr("127.0.0.1")], "");
+    let cases = [
+        (
+            "[[soc.sink]]\nname = \"a\"\ntype = \"file\"\npath = \"x.log\"\nevents = [\"all\"]\n",
+            "`soc.sink.events`: unknown event class `all`",
+        ),
+        (
+            "[[soc.sink]]\nname = \"a\"\ntype = \"http\"\nurl = \"ftp://siem\"\n",
+            "`soc.sink.url`: expected http://",
+        ),
+        (
+            "[[soc.sink]]\nname = \"a\"\ntype = \"tcp\"\naddress = \"10.0.0.1\"\n",
+            "`soc.sink.address`: expected IP:PORT",
+        ),
+        (
+            "[[soc.sink]]\nname = \"a\"\ntype = \"file\"\n",
+            "`soc.sink.path`: sink `a` needs `path`",
+        ),
+        (
+            "[[soc.sink]]\nname = \"a\"\ntype = \"syslog\"\n",
+            "unknown variant `syslog`",
+        ),
+    ];
+    for (sink, want) in cases {
+        let listen = free_addr("127.0.0.1");
+        let mut cfg = base_config(listen, free_addr("127.0.0.1"), "");
+        cfg.push_str("[soc]\nstate_dir = \"/tmp\"\nutc_offset = \"+07:00\"\n\n");
+        cfg.push_str(sink);
+        let (ok, out, _d) = check(&cfg, &[("t.toml", &t)]);
+        assert!(!ok, "{sink}");
+        assert!(
+            out.contains("cong.toml:") && out.contains(want),
+            "{want}\n{out}"
+        );
+    }
 }
