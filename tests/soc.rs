@@ -1315,6 +1315,7 @@ fn soc_config_errors_are_located() {
             "[[soc.sink]]\nname = \"a\"\ntype = \"syslog\"\n",
             "unknown variant `syslog`",
         ),
+        ("[soc.x]\n", "unknown field `x`"),
     ];
     for (sink, want) in cases {
         let listen = free_addr("127.0.0.1");

@@ -23,7 +23,7 @@ pub struct SocConfig {
     /// Events held in memory between the request path and the sinks; beyond it events are
     /// dropped (counted), never waited for.
     #[serde(default = "default_queue")]
-    pub queue_size: usize,
+    pub queue_size: Spanned<usize>,
     #[serde(default)]
     pub sink: Vec<SinkConfig>,
 }
@@ -118,8 +118,8 @@ fn default_offset() -> Spanned<String> {
 fn default_facility() -> Spanned<String> {
     Spanned::new(0..0, "local0".into())
 }
-fn default_queue() -> usize {
-    65_536
+fn default_queue() -> Spanned<usize> {
+    Spanned::new(0..0, 65_536)
 }
 fn default_rotate_bytes() -> u64 {
     256 * 1024 * 1024

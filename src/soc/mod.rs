@@ -305,13 +305,18 @@ impl Settings {
             }
             None => hostname(),
         };
-        if soc.queue_size == 0 {
-            return Err(src.error_at(0..0, "soc.queue_size", "must be at least 1"));
+        let queue_size = *soc.queue_size.get_ref();
+        if queue_size == 0 {
+            return Err(src.error_at(
+                soc.queue_size.span(),
+                "soc.queue_size",
+                "must be at least 1",
+            ));
         }
         let state_dir = cfg.resolve(soc.state_dir.get_ref());
         let mut sinks = Vec::new();
         for s in &soc.sink {
-            let spec = build_sink(cfg, src, s, &state_dir, soc.queue_size)?;
+            let spec = build_sink(cfg, src, s, &state_dir, queue_size)?;
             if sinks.iter().any(|o: &SinkSpec| o.name == spec.name) {
                 return Err(src.error_at(
                     s.name.span(),
@@ -324,7 +329,7 @@ impl Settings {
         Ok(Some(Settings {
             state_dir,
             context: format::Context::new(&name, facility, offset),
-            queue_size: soc.queue_size,
+            queue_size,
             sinks,
         }))
     }
