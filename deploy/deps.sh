@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Installs what building cong needs (cmake and a C compiler for pingora's dependencies) and,
 # with --test, the real programs the test suite starts (curl, BIND's named, promtool,
-# Chromium, Node.js for the accessibility checker). Debian/Ubuntu; installs only
+# Chromium, Node.js for the accessibility checker, rsyslogd with the TLS driver as the SOC
+# receiver). Debian/Ubuntu; installs only
 # what is missing, so it is quick on a machine that already has everything.
 set -euo pipefail
 
 want_bins=(cmake cc)
 want_pkgs=(cmake gcc)
 if [[ "${1:-}" == "--test" ]]; then
-  want_bins+=(curl named promtool chromium node npm)
-  want_pkgs+=(curl bind9 prometheus chromium nodejs npm)
+  want_bins+=(curl named promtool chromium node npm rsyslogd)
+  want_pkgs+=(curl bind9 prometheus chromium nodejs npm rsyslog)
 fi
 
 missing=()
 for i in "${!want_bins[@]}"; do
   command -v "${want_bins[$i]}" >/dev/null 2>&1 || missing+=("${want_pkgs[$i]}")
 done
+# The gtls network stream driver is a separate package; rsyslogd alone cannot do TLS.
+if [[ "${1:-}" == "--test" ]] && ! ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1; then
+  missing+=(rsyslog-gnutls)
+fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install the Rust toolchain (rustup) first" >&2; exit 1; }
 
 if ((${#missing[@]})); then

@@ -1,7 +1,9 @@
 //! The gateway's event stream: every security or operations fact worth telling an operator or
 //! the SOC (backend down/up, DNS failures, configuration changes, certificate and WAF events…)
-//! is one `Event` handed to `emit`. Producers only build events; where they go (log lines today,
-//! SOC sinks later) is decided here, never by the producer. `emit` must not block.
+//! is one `Event` handed to `emit`. Producers only build events; where they go (a log line on
+//! standard error, and the SOC pipeline in `crate::soc` when configured) is decided here,
+//! never by the producer. `emit` must not block. Field names with a dot are taken as Elastic
+//! Common Schema names (`source.ip`, `rule.id`); plain names are shipped as `cong.NAME`.
 
 use std::fmt::Write;
 
@@ -114,6 +116,7 @@ pub fn emit(ev: Event) {
         Severity::Notice | Severity::Info => log::Level::Info,
     };
     log::log!(target: "event", level, "{}", ev.to_logfmt());
+    crate::soc::submit_event(ev);
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! `proxy` (one pipeline); each feature lives in its own module and plugs into it:
 //! `routing` (host/path → tenant/pool), `upstream` (pools, health, DNS), `static_origin`,
 //! `forwarded` (client address, forwarding headers), `pages` (error pages), `admin`,
+//! `soc` (event shipping to the SOC and the local archive),
 //! `config` (file format) and `gateway` (the runtime snapshot built from a config), with
 //! `server` wiring them into pingora.
 
@@ -23,6 +24,7 @@ pub mod reload;
 pub mod report;
 pub mod routing;
 pub mod server;
+pub mod soc;
 pub mod static_origin;
 pub mod status_page;
 pub mod upgrade;

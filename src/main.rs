@@ -76,8 +76,73 @@ enum Cmd {
     Version,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
+    Html,
+}
+
+fn report_soc(
+    from: String,
+    to: String,
+    tenant: Option<String>,
+    format: ReportFormat,
+    archive: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> Result<String, String> {
+    use cong::soc::report;
+    report::check_date(&from).map_err(|e| e.to_string())?;
+    report::check_date(&to).map_err(|e| e.to_string())?;
+    let archive = match archive {
+        Some(a) => a,
+        None => {
+            let cfg = load(config)?;
+            let settings = cong::soc::Settings::build(&cfg).map_err(|e| e.to_string())?;
+            settings
+                .into_iter()
+                .flat_map(|s| s.sinks)
+                .find(|s| s.format == cong::config::SinkFormat::Json)
+                .and_then(|s| s.file.map(|f| f.path))
+                .ok_or("no JSON file sink in the configuration: give --archive")?
+        }
+    };
+    let opts = report::Options {
+        from,
+        to,
+        tenant,
+        format: match format {
+            ReportFormat::Text => report::OutFormat::Text,
+            ReportFormat::Json => report::OutFormat::Json,
+            ReportFormat::Html => report::OutFormat::Html,
+        },
+    };
+    let r = report::build(&archive, &opts).map_err(|e| format!("{e:#}"))?;
+    report::render(&r, opts.format).map_err(|e| format!("{e:#}"))
+}
+
 #[derive(Subcommand)]
 enum ReportCmd {
+    /// The SOC report for a period: attacked tenants, attacking addresses and countries,
+    /// attack categories, blocks, bans, certificate and availability incidents.
+    Soc {
+        /// First day, YYYY-MM-DD (inclusive).
+        #[arg(long)]
+        from: String,
+        /// Last day, YYYY-MM-DD (inclusive).
+        #[arg(long)]
+        to: String,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ReportFormat,
+        /// Archive file or directory. Default: the first JSON file sink of the configuration.
+        #[arg(long)]
+        archive: Option<PathBuf>,
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Per tenant uptime, incidents, requests, visitors, bandwidth and IPv6 share of a month.
     Availability {
         /// The month, e.g. 2026-11.
@@ -146,6 +211,7 @@ fn check(
     resolver: Option<std::net::SocketAddr>,
 ) -> ExitCode {
     let (cfg, snap) = match load(config).and_then(|c| {
+        cong::soc::Settings::build(&c).map_err(|e| e.to_string())?;
         Snapshot::build(&c)
             .map(|s| (c, s))
             .map_err(|e| e.to_string())
@@ -298,6 +364,26 @@ fn main() -> ExitCode {
             println!("cong {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Cmd::Report {
+            cmd:
+                ReportCmd::Soc {
+                    from,
+                    to,
+                    tenant,
+                    format,
+                    archive,
+                    config,
+                },
+        } => match report_soc(from, to, tenant, format, archive, config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::Check {
             config,
             online,

@@ -12,6 +12,7 @@ use pingora::apps::HttpServerOptions;
 use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
+use pingora::server::RunArgs;
 use pingora::services::listening::Service;
 use socket2::{Domain, Socket, Type};
 use std::net::SocketAddr;
@@ -52,6 +53,7 @@ fn socket_options(l: &ListenSpec) -> TcpSocketOptions {
 /// Runs the gateway until it is told to stop. Never returns on success.
 pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
     let snapshot = Snapshot::build(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let soc_settings = crate::soc::Settings::build(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     let settings = snapshot.settings.clone();
     if !upgrade {
         check_binds(&settings.listen, settings.admin)?;
@@ -61,6 +63,9 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
     // The parsed files are not needed once the snapshot exists (and `run_forever` never
     // returns): with 10,000 tenants they are tens of MB.
     drop(cfg);
+    if let Some(soc) = soc_settings {
+        crate::soc::start(soc).context("start SOC log shipping")?;
+    }
 
     let mut conf = ServerConf {
         threads: settings.threads,
@@ -139,7 +144,10 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
         gateway.snapshot().tenants.len(),
         config_path
     );
-    server.run_forever()
+    server.run(RunArgs::default());
+    // Requests have stopped: hand what is still queued to the sinks (and their spools).
+    crate::soc::shutdown(settings.shutdown_timeout);
+    std::process::exit(0)
 }
 
 /// Writes our PID where `server.pid_file` says (an upgraded process overwrites its

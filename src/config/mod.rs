@@ -9,10 +9,12 @@ mod duration;
 mod error;
 mod model;
 pub mod scaffold;
+mod soc;
 
 pub use duration::Dur;
 pub use error::{ConfigError, Located};
 pub use model::*;
+pub use soc::*;
 
 use std::path::{Path, PathBuf};
 

@@ -30,6 +30,8 @@ pub struct MainConfig {
     pub availability: AvailabilityConfig,
     #[serde(default)]
     pub status_page: StatusPageConfig,
+    /// Event shipping to the SOC and the local archive (`[soc]`, `[[soc.sink]]`).
+    pub soc: Option<super::SocConfig>,
 }
 
 /// `[availability]`: probing every tenant through the gateway.

@@ -15,6 +15,7 @@ use crate::gateway::{Gateway, Snapshot};
 use crate::maintenance;
 use crate::metrics::{RequestSample, TenantStats};
 use crate::routing::{normalize_request_host, HostKey};
+use crate::soc;
 use crate::upstream::{Endpoint, InflightGuard, Pool, PoolKind};
 use async_trait::async_trait;
 use http::header::{HeaderValue, HOST};
@@ -47,6 +48,9 @@ pub struct Ctx {
     got_upstream_response: bool,
     /// Status of a response the gateway wrote itself.
     local_status: Option<u16>,
+    /// When the current backend was chosen, and how long its response header took.
+    upstream_started: Option<Instant>,
+    upstream_ms: Option<u64>,
 }
 
 impl Ctx {
@@ -108,6 +112,8 @@ impl ProxyHttp for Proxy {
             _inflight: None,
             got_upstream_response: false,
             local_status: None,
+            upstream_started: None,
+            upstream_ms: None,
         }
     }
 
@@ -208,6 +214,7 @@ impl ProxyHttp for Proxy {
         ctx.tried.push(ep.addr);
         ctx._inflight = Some(InflightGuard::new(ep.clone()));
         ctx.endpoint = Some(ep.clone());
+        ctx.upstream_started = Some(Instant::now());
 
         let s = &pool.settings;
         let sni = match &s.sni {
@@ -281,6 +288,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.got_upstream_response = true;
+        ctx.upstream_ms = ctx.upstream_started.map(|t| t.elapsed().as_millis() as u64);
         if let Some(ep) = &ctx.endpoint {
             ep.record_success();
         }
@@ -404,27 +412,21 @@ impl ProxyHttp for Proxy {
             http2: session.as_downstream().is_http2(),
             ipv6: ctx.client_ip.is_ipv6(),
         });
-        let access_log = ctx.snapshot.as_ref().is_none_or(|s| s.settings.access_log);
-        if !access_log {
-            return;
-        }
-        let req = session.req_header();
-        log::info!(
-            target: "access",
-            "rid={} tenant={} client={} host={} method={} uri={} proto={} status={} bytes={} ms={} upstream={} tries={}{}",
-            ctx.request_id,
-            ctx.tenant_id(),
-            ctx.client_ip,
-            if ctx.host.is_empty() { "-" } else { &ctx.host },
-            req.method,
-            req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-            if session.as_downstream().is_http2() { "h2" } else { "http/1.1" },
-            status,
-            session.body_bytes_sent(),
-            ctx.started.elapsed().as_millis(),
-            ctx.endpoint.as_ref().map(|e| e.addr.to_string()).unwrap_or_else(|| "-".into()),
-            ctx.tries,
-            e.map(|e| format!(" error=\"{}\"", e.etype().as_str())).unwrap_or_default(),
+        soc::access(
+            session,
+            soc::AccessFacts {
+                request_id: &ctx.request_id,
+                tenant: ctx.tenant_id(),
+                host: if ctx.host.is_empty() { "-" } else { &ctx.host },
+                client_ip: ctx.client_ip,
+                started: ctx.started,
+                upstream: ctx.endpoint.as_ref().map(|e| e.addr),
+                upstream_ms: ctx.upstream_ms,
+                tries: ctx.tries,
+                status,
+                error: e.map(|e| e.etype().as_str()),
+                stderr: ctx.snapshot.as_ref().is_none_or(|s| s.settings.access_log),
+            },
         );
     }
 
