@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 pub struct AdminApp {
     pub gateway: Arc<Gateway>,
+    /// Certificate renewal on request (`POST /acme/renew/NAME`, used by `cong certs renew`).
+    pub acme: Option<Arc<crate::acme::Manager>>,
 }
 
 fn text(status: u16, body: &str) -> Response<Vec<u8>> {
@@ -36,6 +38,20 @@ impl ServeHttp for AdminApp {
                     text(200, &format!("ready tenants={}\n", snap.tenants.len()))
                 } else {
                     text(503, "starting\n")
+                }
+            }
+            p if p.starts_with("/acme/renew/") => {
+                let name = p.trim_start_matches("/acme/renew/").to_string();
+                match (
+                    &self.acme,
+                    session.req_header().method == http::Method::POST,
+                ) {
+                    (Some(m), true) => match m.renew_now(&name).await {
+                        Ok(lines) => text(200, &(lines.join("\n") + "\n")),
+                        Err(lines) => text(500, &(lines.join("\n") + "\n")),
+                    },
+                    (_, false) => text(405, "use POST\n"),
+                    (None, _) => text(404, "ACME is not running\n"),
                 }
             }
             _ => text(404, "not found\n"),

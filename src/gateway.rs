@@ -35,6 +35,7 @@ pub struct Tenant {
     pub default_pool: usize,
     pub routes: PathRoutes<RouteTarget>,
     pub error_pages: ErrorPages,
+    pub tls: crate::tls::TenantTls,
 }
 
 impl Tenant {
@@ -59,6 +60,7 @@ impl Tenant {
 pub struct ListenSpec {
     pub addr: SocketAddr,
     pub ipv6_only: bool,
+    pub tls: bool,
 }
 
 /// Process-wide settings that take effect at start.
@@ -73,6 +75,8 @@ pub struct Settings {
     pub pid_file: String,
     pub h2c: bool,
     pub access_log: bool,
+    pub tls: crate::tls::TlsGlobal,
+    pub acme: Arc<crate::acme::AcmeSettings>,
 }
 
 /// Everything the request path reads, built at once from one configuration.
@@ -104,6 +108,7 @@ impl Snapshot {
             let spec = ListenSpec {
                 addr,
                 ipv6_only: addr.is_ipv6() && l.ipv6_only.unwrap_or(true),
+                tls: l.tls,
             };
             if listen.iter().any(|o| o.addr == addr) {
                 return Err(src.error_at(
@@ -154,6 +159,8 @@ impl Snapshot {
             pid_file: main.server.pid_file.clone(),
             h2c: main.server.h2c,
             access_log: main.server.access_log,
+            tls: crate::tls::TlsGlobal::from_config(cfg)?,
+            acme: Arc::new(crate::acme::AcmeSettings::from_config(cfg)?),
         };
 
         let mut tenants = Vec::with_capacity(cfg.tenants.len());
@@ -329,6 +336,7 @@ fn build_tenant(src: &SourceFile, t: &TenantConfig, cfg: &Config) -> Result<Tena
         default_pool,
         routes: PathRoutes::new(routes),
         error_pages,
+        tls: crate::tls::TenantTls::from_config(src, t, cfg)?,
     })
 }
 

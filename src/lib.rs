@@ -4,10 +4,14 @@
 //! `proxy` (one pipeline); each feature lives in its own module and plugs into it:
 //! `routing` (host/path → tenant/pool), `upstream` (pools, health, DNS), `static_origin`,
 //! `forwarded` (client address, forwarding headers), `pages` (error pages), `admin`,
+//! `tls` (termination, SNI certificates), `certs` (certificate store), `acme` (automatic
+//! certificates),
 //! `config` (file format) and `gateway` (the runtime snapshot built from a config), with
 //! `server` wiring them into pingora.
 
+pub mod acme;
 pub mod admin;
+pub mod certs;
 pub mod config;
 pub mod events;
 pub mod forwarded;
@@ -17,4 +21,5 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod static_origin;
+pub mod tls;
 pub mod upstream;

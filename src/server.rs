@@ -58,6 +58,22 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
     }
     let gateway = Gateway::new(snapshot);
 
+    // Certificates: loaded before any listener accepts, so the first handshake has them.
+    crate::tls::install_crypto_provider();
+    let store: Arc<dyn crate::certs::CertStore> =
+        Arc::new(crate::certs::DirStore::new(settings.tls.cert_dir.clone()));
+    let certs = Arc::new(crate::tls::CertResolver::new(
+        crate::tls::generated_default()?,
+    ));
+    crate::tls::load_all(&gateway.snapshot(), store.as_ref(), &certs);
+    let challenges = Arc::new(crate::acme::Challenges::default());
+    let acme = crate::acme::Manager::new(
+        gateway.clone(),
+        store.clone(),
+        certs.clone(),
+        challenges.clone(),
+    );
+
     let mut conf = ServerConf {
         threads: settings.threads,
         grace_period_seconds: Some(settings.grace_period.as_secs()),
@@ -79,6 +95,8 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
         &server.configuration,
         Proxy {
             gateway: gateway.clone(),
+            certs: certs.clone(),
+            challenges,
         },
         "cong proxy",
     );
@@ -88,13 +106,19 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
         app.server_options = Some(opts);
     }
     for l in &settings.listen {
-        proxy.add_tcp_with_settings(&l.addr.to_string(), socket_options(l));
+        if l.tls {
+            let tls = crate::tls::listener_settings(certs.clone())?;
+            proxy.add_tls_with_settings(&l.addr.to_string(), Some(socket_options(l)), tls);
+        } else {
+            proxy.add_tcp_with_settings(&l.addr.to_string(), socket_options(l));
+        }
     }
 
     let mut admin = Service::new(
         "cong admin".to_string(),
         AdminApp {
             gateway: gateway.clone(),
+            acme: Some(acme.clone()),
         },
     );
     admin.add_tcp(&settings.admin.to_string());
@@ -111,6 +135,7 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(maintainer);
+    server.add_service(background_service("acme", crate::acme::Scheduler(acme)));
     log::info!(
         "cong {} starting: listen={} admin={} tenants={} config={}",
         env!("CARGO_PKG_VERSION"),

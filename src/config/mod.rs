@@ -8,10 +8,12 @@
 mod duration;
 mod error;
 mod model;
+mod tls;
 
 pub use duration::Dur;
 pub use error::{ConfigError, Located};
 pub use model::*;
+pub use tls::*;
 
 use std::path::{Path, PathBuf};
 

@@ -32,6 +32,27 @@ pub async fn respond_page(session: &mut Session, ctx: &mut Ctx, status: u16) -> 
     Ok(true)
 }
 
+/// Writes a short plain response the gateway decides on its own (ACME token, redirect, 421).
+pub async fn respond_text(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    headers: &[(&'static str, &str)],
+    body: &str,
+) -> Result<bool> {
+    let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
+    resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
+    resp.insert_header("Content-Length", body.len().to_string())?;
+    resp.insert_header("Cache-Control", "no-store")?;
+    resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    for (k, v) in headers {
+        resp.insert_header(*k, *v)?;
+    }
+    ctx.local_status = Some(status);
+    write(session, resp, Bytes::from(body.to_string())).await?;
+    Ok(true)
+}
+
 async fn write(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Result<()> {
     let head = session.req_header().method == Method::HEAD;
     session.write_response_header(Box::new(resp), head).await?;

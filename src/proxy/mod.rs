@@ -1,8 +1,8 @@
 //! The request pipeline: the one `ProxyHttp` implementation, read top to bottom.
 //!
-//! request_filter: identify (request id, real client address) → route (host → tenant, path →
-//! pool) → [later steps plug in here: ACME challenge, redirects/maintenance, access rules,
-//! rate limits, WAF, cache] → serve locally (static origin) or continue to upstream_peer:
+//! request_filter: identify (request id, real client address, TLS SNI) → ACME HTTP-01 answer →
+//! route (host → tenant, path → pool) → HTTPS (redirect, SNI/Host check) → [later steps plug in
+//! here: maintenance, access rules, rate limits, WAF, cache] → serve locally (static origin) or continue to upstream_peer:
 //! choose a backend → upstream_request_filter: forwarding headers → response → logging.
 //! Failures map to honest 502/503/504 pages. Each step calls one module's entry point; the
 //! feature modules do not call each other.
@@ -45,6 +45,8 @@ pub struct Ctx {
     got_upstream_response: bool,
     /// Status of a response the gateway wrote itself.
     local_status: Option<u16>,
+    /// The TLS connection this request came on (`None` on plain listeners).
+    pub tls: Option<crate::tls::ConnTls>,
 }
 
 impl Ctx {
@@ -59,10 +61,19 @@ impl Ctx {
 /// The gateway's proxy: owns nothing but a handle to the shared state.
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
+    pub certs: Arc<crate::tls::CertResolver>,
+    pub challenges: Arc<crate::acme::Challenges>,
 }
 
 fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn req_path_and_query(req: &RequestHeader) -> String {
+    req.uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into())
 }
 
 /// Host from `:authority` (HTTP/2) or `Host` (HTTP/1).
@@ -95,6 +106,7 @@ impl ProxyHttp for Proxy {
             _inflight: None,
             got_upstream_response: false,
             local_status: None,
+            tls: None,
         }
     }
 
@@ -114,8 +126,15 @@ impl ProxyHttp for Proxy {
             header_str(req, "x-forwarded-for"),
             &snap.trusted,
         );
+        ctx.tls = crate::tls::conn_tls(session);
 
-        // 2. Route: host → tenant.
+        // 2. ACME HTTP-01: answered for every name before anything can redirect or refuse it.
+        if let Some(key_auth) = self.challenges.http01_answer(req.uri.path()) {
+            ctx.snapshot = Some(snap);
+            return local::respond_text(session, ctx, 200, &[], &key_auth).await;
+        }
+
+        // 3. Route: host → tenant.
         let raw_host = request_host(req).unwrap_or("");
         ctx.host = raw_host.to_string();
         let tenant_idx = match normalize_request_host(raw_host) {
@@ -138,12 +157,38 @@ impl ProxyHttp for Proxy {
         ctx.tenant = Some(tenant_idx);
         let tenant = &snap.tenants[tenant_idx as usize];
 
-        // 3. Route: path → pool.
+        // 4. HTTPS: redirect plain HTTP, refuse a Host that is not the SNI's tenant.
+        let pq = req_path_and_query(session.req_header());
+        match crate::tls::https_step(
+            &snap,
+            tenant_idx,
+            ctx.tls.as_ref(),
+            raw_host,
+            &pq,
+            &self.certs,
+        ) {
+            Some(crate::tls::HttpsAction::Redirect(loc)) => {
+                return local::respond_text(session, ctx, 308, &[("Location", &loc)], "").await;
+            }
+            Some(crate::tls::HttpsAction::Misdirected) => {
+                return local::respond_text(
+                    session,
+                    ctx,
+                    421,
+                    &[],
+                    "421 Misdirected Request: this host is not served on this TLS connection\n",
+                )
+                .await;
+            }
+            None => {}
+        }
+
+        // 5. Route: path → pool.
         let (pool, strip) = tenant.pool_for(session.req_header().uri.path());
         ctx.pool = Some(pool.clone());
         ctx.strip_prefix = strip;
 
-        // 4. Local origin, or on to a backend.
+        // 6. Local origin, or on to a backend.
         if let PoolKind::Static(origin) = &pool.kind {
             let origin = origin.clone();
             return local::serve_static(session, ctx, &origin).await;
@@ -193,7 +238,7 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let proto = "http";
+        let proto = if ctx.tls.is_some() { "https" } else { "http" };
         let original_host = request_host(session.req_header()).unwrap_or("").to_string();
         let fwd = forwarded::forwarding(
             ctx.peer_ip,
@@ -253,6 +298,13 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        if ctx.tls.is_some() {
+            if let (Some(s), Some(t)) = (&ctx.snapshot, ctx.tenant) {
+                if let Some(v) = &s.tenants[t as usize].tls.hsts {
+                    upstream.insert_header("Strict-Transport-Security", v.clone())?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -345,11 +397,12 @@ impl ProxyHttp for Proxy {
         let req = session.req_header();
         log::info!(
             target: "access",
-            "rid={} tenant={} client={} host={} method={} uri={} proto={} status={} bytes={} ms={} upstream={} tries={}{}",
+            "rid={} tenant={} client={} host={} sni={} method={} uri={} proto={} status={} bytes={} ms={} upstream={} tries={}{}",
             ctx.request_id,
             ctx.tenant_id(),
             ctx.client_ip,
             if ctx.host.is_empty() { "-" } else { &ctx.host },
+            ctx.tls.as_ref().and_then(|t| t.sni.as_deref()).unwrap_or("-"),
             req.method,
             req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
             if session.as_downstream().is_http2() { "h2" } else { "http/1.1" },

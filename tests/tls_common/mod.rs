@@ -1,0 +1,193 @@
+//! TLS helpers for the integration tests: a blocking rustls client that records what the
+//! handshake saw (certificate, ALPN, version, resumption), and certificate factories.
+
+#![allow(dead_code)]
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A client trusting only the roots in `ca_pem`.
+pub fn client_with_roots(ca_pem: &str) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+#[derive(Debug)]
+struct AcceptAll;
+
+impl ServerCertVerifier for AcceptAll {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A client that accepts any certificate (to look at what the gateway serves).
+pub fn client_any(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Arc<ClientConfig> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAll))
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// What one TLS connection saw.
+#[derive(Debug)]
+pub struct TlsSeen {
+    pub names: Vec<String>,
+    pub serial: String,
+    pub issuer: String,
+    pub alpn: Option<Vec<u8>>,
+    pub version: Option<rustls::ProtocolVersion>,
+    pub resumed: bool,
+    /// Status and raw response text when a request was sent.
+    pub status: u16,
+    pub response: String,
+}
+
+impl TlsSeen {
+    pub fn header(&self, name: &str) -> Option<String> {
+        let head = self.response.split("\r\n\r\n").next().unwrap_or("");
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+    /// A request header as the echo backend saw it.
+    pub fn seen_header(&self, name: &str) -> Option<String> {
+        let prefix = format!("h:{}=", name.to_ascii_lowercase());
+        self.response
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()).map(|s| s.to_string()))
+    }
+}
+
+/// Handshakes with `sni` and, when `host` is given, sends `GET path` with that Host.
+pub fn tls_request(
+    cfg: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    sni: &str,
+    host: Option<&str>,
+    path: &str,
+) -> Result<TlsSeen, String> {
+    let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(cfg.clone(), name).map_err(|e| e.to_string())?;
+    let sock =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .map_err(|e| format!("handshake: {e}"))?;
+    }
+    let mut response = String::new();
+    let mut status = 0;
+    if let Some(h) = host {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n");
+        tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        // The gateway may close without close_notify after the response; keep what arrived.
+        let _ = tls.read_to_end(&mut buf);
+        response = String::from_utf8_lossy(&buf).into_owned();
+        status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+    }
+    let leaf = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first().cloned())
+        .ok_or("no certificate")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                names.push(d.to_string());
+            }
+        }
+    }
+    Ok(TlsSeen {
+        names,
+        serial: cert.raw_serial_as_string(),
+        issuer: cert.issuer().to_string(),
+        alpn: tls.conn.alpn_protocol().map(|a| a.to_vec()),
+        version: tls.conn.protocol_version(),
+        resumed: tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        status,
+        response,
+    })
+}
+
+/// A certificate for `names` signed by a fresh CA, valid from `from` to `to` (years):
+/// (ca, chain, key).
+pub fn pki_with_validity(names: &[&str], from: i32, to: i32) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.not_before = rcgen::date_time_ymd(from, 1, 1);
+    params.not_after = rcgen::date_time_ymd(to, 1, 1);
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
