@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs what building cong needs (cmake and a C compiler for pingora's dependencies) and,
-# with --test, the real programs the test suite starts (curl). Debian/Ubuntu; installs only
+# with --test, the real programs the test suite starts (curl; pebble and pebble-challtestsrv as
+# the ACME CA; BIND's named and nsupdate for DNS-01; testssl for the TLS audit; nginx and h2load
+# for the TLS benchmark). Debian/Ubuntu; installs only
 # what is missing, so it is quick on a machine that already has everything.
 set -euo pipefail
 
 want_bins=(cmake cc)
 want_pkgs=(cmake gcc)
 if [[ "${1:-}" == "--test" ]]; then
-  want_bins+=(curl)
-  want_pkgs+=(curl)
+  want_bins+=(curl pebble named nsupdate testssl nginx h2load)
+  want_pkgs+=(curl pebble bind9 bind9-dnsutils testssl.sh nginx nghttp2-client)
 fi
 
 missing=()

@@ -191,3 +191,187 @@ pub fn pki_with_validity(names: &[&str], from: i32, to: i32) -> (String, String,
     let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
     (ca.pem(), cert.pem(), key.serialize_pem())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Real peers: pebble (ACME CA), pebble-challtestsrv (DNS), named (BIND).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A child process killed on drop, with its output in a file.
+pub struct Proc {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    pub name: &'static str,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Proc {
+            child: Some(child),
+            log,
+            name,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `addr` accepts TCP connections, or panics with the log.
+    pub fn wait_tcp(&mut self, addr: SocketAddr) {
+        let start = std::time::Instant::now();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("{} exited with {st}:\n{}", self.name, self.log_text());
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                panic!(
+                    "{} not listening on {addr}:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// pebble-challtestsrv as a DNS server answering every A query with 127.0.0.1 (no AAAA).
+pub struct ChallDns {
+    pub proc: Proc,
+    pub dns: SocketAddr,
+    pub mgmt: SocketAddr,
+}
+
+impl ChallDns {
+    pub fn start(dir: &Path) -> ChallDns {
+        let dns = crate::common::free_addr("127.0.0.1");
+        let mgmt = crate::common::free_addr("127.0.0.1");
+        let mut proc = Proc::spawn(
+            "pebble-challtestsrv",
+            Command::new("pebble-challtestsrv")
+                .arg("-dns01")
+                .arg(dns.to_string())
+                .arg("-management")
+                .arg(mgmt.to_string())
+                .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+                .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""]),
+            dir.join("challtestsrv.log"),
+        );
+        proc.wait_tcp(mgmt);
+        ChallDns { proc, dns, mgmt }
+    }
+
+    /// Calls a management endpoint (`/add-a`, `/add-caa`, ...) with a JSON body.
+    pub fn manage(&self, path: &str, json: &str) {
+        let r = crate::common::request(self.mgmt, "POST", Some("localhost"), path, &[], json)
+            .expect("challtestsrv management");
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+}
+
+/// A pebble ACME CA on loopback, validating HTTP-01 on `http_port`, resolving through `dns`.
+pub struct Pebble {
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+    pub listen: SocketAddr,
+    pub mgmt: SocketAddr,
+    /// PEM of the CA that signed pebble's own HTTPS certificate (cong's `trust_root`).
+    pub tls_ca_pem: String,
+    pub tls_ca_path: PathBuf,
+}
+
+impl Pebble {
+    pub fn start(http_port: u16, dns: SocketAddr) -> Pebble {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, chain, key) = crate::common::test_pki(&["localhost", "127.0.0.1"]);
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("ca.pem"), &ca).unwrap();
+        std::fs::write(p("cert.pem"), &chain).unwrap();
+        std::fs::write(p("key.pem"), &key).unwrap();
+        let listen = crate::common::free_addr("127.0.0.1");
+        let mgmt = crate::common::free_addr("127.0.0.1");
+        let tls_port = crate::common::free_port("127.0.0.1");
+        let cfg = format!(
+            r#"{{"pebble": {{"listenAddress": "{listen}", "managementListenAddress": "{mgmt}",
+  "certificate": "{c}", "privateKey": "{k}", "httpPort": {http_port}, "tlsPort": {tls_port},
+  "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+            c = p("cert.pem").display(),
+            k = p("key.pem").display()
+        );
+        std::fs::write(p("pebble.json"), cfg).unwrap();
+        let mut proc = Proc::spawn(
+            "pebble",
+            Command::new("pebble")
+                .arg("-config")
+                .arg(p("pebble.json"))
+                .arg("-dnsserver")
+                .arg(dns.to_string())
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0"),
+            p("pebble.log"),
+        );
+        proc.wait_tcp(listen);
+        proc.wait_tcp(mgmt);
+        Pebble {
+            proc,
+            tls_ca_path: p("ca.pem"),
+            dir,
+            listen,
+            mgmt,
+            tls_ca_pem: ca,
+        }
+    }
+
+    pub fn directory(&self) -> String {
+        format!("https://{}/dir", self.listen)
+    }
+
+    /// The root that signs the certificates pebble issues (changes on every start).
+    pub fn issuing_root(&self) -> String {
+        let cl = client_with_roots(&self.tls_ca_pem);
+        let r = tls_request(&cl, self.mgmt, "localhost", Some("localhost"), "/roots/0")
+            .expect("pebble roots");
+        assert_eq!(r.status, 200, "{}", r.response);
+        http_body(&r.response)
+    }
+}
+
+/// The body of a raw HTTP/1.1 response (plain or chunked).
+pub fn http_body(raw: &str) -> String {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_string();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}

@@ -1,0 +1,265 @@
+//! ACME with real peers: pebble as the CA (validating for real, no always-valid shortcut),
+//! pebble-challtestsrv as the DNS pebble and the pre-flight checks ask, the real cong binary
+//! answering HTTP-01 on its plain listener.
+
+mod common;
+mod tls_common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+use tls_common::*;
+
+fn acme_main(
+    plain: SocketAddr,
+    tls: SocketAddr,
+    admin: SocketAddr,
+    directory: &str,
+    trust_root: &str,
+    acme: &str,
+) -> String {
+    format!(
+        "[server]\nthreads = 2\ngrace_period = \"1s\"\nshutdown_timeout = \"1s\"\nupgrade_sock = \"/tmp/cong-test-{p}.sock\"\npid_file = \"/tmp/cong-test-{p}.pid\"\n\n[[listen]]\naddress = \"{plain}\"\n\n[[listen]]\naddress = \"{tls}\"\ntls = true\n\n[admin]\naddress = \"{admin}\"\n\n[tls]\ncert_dir = \"certs\"\nhttps_port = {tp}\n\n[acme]\n{acme}\n\n[[acme_ca]]\nname = \"pebble\"\ndirectory = \"{directory}\"\ncontact = [\"mailto:soc@tinh.test\"]\ntrust_root = \"{trust_root}\"\n",
+        p = plain.port(),
+        tp = tls.port()
+    )
+}
+
+fn start_in(dir: tempfile::TempDir, listen: SocketAddr, admin: SocketAddr) -> Gateway {
+    let log = dir.path().join("cong.log");
+    let child = Command::new(CONG)
+        .args(["run", "-c"])
+        .arg(dir.path().join("cong.toml"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start cong");
+    let g = Gateway {
+        dir,
+        listen,
+        admin,
+        child: Some(child),
+        log,
+    };
+    g.wait_ready();
+    g
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn http01_for_many_tenants_then_renewal_swaps_without_restart() {
+    let b = Backend::start("b", "127.0.0.1");
+    let (plain, tls, admin) = (
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dns = ChallDns::start(work.path());
+    // A commune whose name points elsewhere: the pre-flight check must stop it.
+    dns.manage(
+        "/add-a",
+        r#"{"host":"bad.tinh.test.","addresses":["10.9.9.9"]}"#,
+    );
+    let pebble = Pebble::start(plain.port(), dns.dns);
+
+    let acme = format!(
+        "public_addresses = [\"127.0.0.1\"]\nresolver = \"{}\"\nconcurrency = 4\n",
+        dns.dns
+    );
+    let main = acme_main(
+        plain,
+        tls,
+        admin,
+        &pebble.directory(),
+        &pebble.tls_ca_path.display().to_string(),
+        &acme,
+    );
+    let mut files: Vec<(String, String)> = Vec::new();
+    let n = 21;
+    for i in 0..n {
+        let id = format!("t{i:02}");
+        // Two names for some tenants: one certificate covers all of a tenant's hosts.
+        let hosts: Vec<String> = if i % 5 == 0 {
+            vec![format!("{id}.tinh.test"), format!("www.{id}.tinh.test")]
+        } else {
+            vec![format!("{id}.tinh.test")]
+        };
+        let hosts: Vec<&str> = hosts.iter().map(|s| s.as_str()).collect();
+        files.push((
+            format!("{id}.toml"),
+            format!(
+                "acme = true\nhttps_redirect = true\n{}",
+                tenant(&id, &hosts, &[b.addr], "")
+            ),
+        ));
+    }
+    files.push((
+        "bad.toml".into(),
+        format!(
+            "acme = true\n{}",
+            tenant("bad", &["bad.tinh.test"], &[b.addr], "")
+        ),
+    ));
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &main, &refs);
+    let cfg_path = dir.path().join("cong.toml");
+    let g = start_in(dir, plain, admin);
+
+    wait_until(
+        "every tenant's certificate",
+        Duration::from_secs(180),
+        || count(&g.log_text(), "event=cert_issued") >= n,
+    );
+    let log = g.log_text();
+    assert_eq!(count(&log, "event=acme_failed"), 0, "{log}");
+    // The misconfigured name was reported once and never ordered.
+    let pre: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("event=acme_preflight_failed"))
+        .collect();
+    assert_eq!(pre.len(), 1, "{log}");
+    assert!(
+        pre[0].contains("tenant=bad") && pre[0].contains("10.9.9.9"),
+        "{}",
+        pre[0]
+    );
+    assert!(!log.contains("acme bad: new order"), "{log}");
+
+    // Every name verifies against pebble's issuing root.
+    let root = pebble.issuing_root();
+    let cl = client_with_roots(&root);
+    for i in 0..n {
+        let host = format!("t{i:02}.tinh.test");
+        let r = tls_request(&cl, tls, &host, Some(&host), "/")
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert_eq!(r.status, 200, "{host}");
+        assert!(r.names.contains(&host));
+    }
+    let r = tls_request(&cl, tls, "www.t05.tinh.test", None, "/").unwrap();
+    assert!(r.names.contains(&"t05.tinh.test".to_string()));
+    // Now that certificates exist, plain HTTP redirects.
+    let r = get(plain, "t03.tinh.test", "/a?b=c");
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location").map(str::to_string),
+        Some(format!("https://t03.tinh.test:{}/a?b=c", tls.port()))
+    );
+    // Stored atomically with private permissions, account kept for the next run.
+    let store = g.dir.path().join("certs/acme");
+    let mode = std::fs::metadata(store.join("t00.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(store.join("state/account-pebble.json").exists());
+
+    // `cong certs list` shows the managed certificates.
+    let out = Command::new(CONG)
+        .args(["certs", "list", "-c"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{list}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(list.starts_with("NAME"), "{list}");
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("t07 "))
+        .expect("t07 listed");
+    assert!(row.contains("acme") && row.contains("Pebble"), "{row}");
+    assert!(list
+        .lines()
+        .any(|l| l.starts_with("bad ") && l.contains("not issued yet")));
+
+    // Renewal on request: the next handshake sees the new certificate, no restart.
+    // Fresh clients: a resumed session would report the certificate of the first handshake.
+    let before = tls_request(&client_with_roots(&root), tls, "t07.tinh.test", None, "/").unwrap();
+    let out = Command::new(CONG)
+        .args(["certs", "renew", "t07", "-c"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // pebble reuses the still-valid authorisation, so no new challenge is needed.
+    for step in ["pre-flight", "new order", "finalising", "storing", "done"] {
+        assert!(text.contains(step), "{step}: {text}");
+    }
+    let after = tls_request(&client_with_roots(&root), tls, "t07.tinh.test", None, "/").unwrap();
+    assert!(!after.resumed);
+    assert_ne!(
+        before.serial, after.serial,
+        "a renewed certificate is served"
+    );
+    assert!(g.log_text().contains("event=cert_renewed tenant=t07"));
+    assert_eq!(g.pid(), g.child.as_ref().unwrap().id());
+    drop(g);
+    drop(pebble);
+}
+
+#[test]
+fn unreachable_ca_is_one_clear_event_and_the_gateway_keeps_serving() {
+    let b = Backend::start("b", "127.0.0.1");
+    let (plain, tls, admin) = (
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+    );
+    let closed = free_addr("127.0.0.1");
+    let (ca, _, _) = test_pki(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
+    let main = acme_main(
+        plain,
+        tls,
+        admin,
+        &format!("https://{closed}/dir"),
+        "ca.pem",
+        "preflight = false\nretry_min = \"1h\"\n",
+    );
+    let t = format!(
+        "acme = true\n{}",
+        tenant("x", &["x.tinh.test"], &[b.addr], "")
+    );
+    write_config(dir.path(), &main, &[("x.toml", &t)]);
+    let g = start_in(dir, plain, admin);
+    wait_until("acme_failed event", Duration::from_secs(30), || {
+        g.log_text().contains("event=acme_failed")
+    });
+    let log = g.log_text();
+    let ev: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("event=acme_failed"))
+        .collect();
+    assert_eq!(ev.len(), 1, "{log}");
+    assert!(
+        ev[0].contains("tenant=x")
+            && ev[0].contains("step=account")
+            && ev[0].contains("retry_in_s=3600"),
+        "{}",
+        ev[0]
+    );
+    assert_eq!(get(plain, "x.tinh.test", "/").status, 200);
+    let any = client_any(&[&rustls::version::TLS13], &[b"http/1.1"]);
+    let r = tls_request(&any, tls, "x.tinh.test", Some("x.tinh.test"), "/").unwrap();
+    assert_eq!(r.status, 200);
+}
