@@ -263,3 +263,80 @@ fn unreachable_ca_is_one_clear_event_and_the_gateway_keeps_serving() {
     let r = tls_request(&any, tls, "x.tinh.test", Some("x.tinh.test"), "/").unwrap();
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn dns01_wildcard_through_bind_with_tsig_and_a_refused_key() {
+    let b = Backend::start("b", "127.0.0.1");
+    let (plain, tls, admin) = (
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+    );
+    let secret = "c2VjcmV0LWtleS1mb3ItY29uZy10ZXN0cy0wMTIzNDU2Nzg5";
+    let bind = Bind::start(&["wild.test", "other.test"], secret);
+    let pebble = Pebble::start(plain.port(), bind.addr);
+    let mut main = acme_main(
+        plain,
+        tls,
+        admin,
+        &pebble.directory(),
+        &pebble.tls_ca_path.display().to_string(),
+        &format!("resolver = \"{}\"\nretry_min = \"1h\"\n", bind.addr),
+    );
+    main.push_str(&format!(
+        "\n[[dns_update]]\nzone = \"wild.test\"\nserver = \"{a}\"\ntsig_key_name = \"cong-key\"\ntsig_secret = \"{secret}\"\n\n[[dns_update]]\nzone = \"other.test\"\nserver = \"{a}\"\ntsig_key_name = \"cong-key\"\ntsig_secret = \"d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC13cm9uZw==\"\n",
+        a = bind.addr
+    ));
+    let tw = format!(
+        "acme = true\n{}",
+        tenant("w", &["*.wild.test"], &[b.addr], "")
+    );
+    let to = format!(
+        "acme = true\n{}",
+        tenant("o", &["*.other.test"], &[b.addr], "")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &main, &[("w.toml", &tw), ("o.toml", &to)]);
+    let g = start_in(dir, plain, admin);
+
+    wait_until(
+        "wildcard issued and bad key reported",
+        Duration::from_secs(90),
+        || {
+            let l = g.log_text();
+            l.contains("event=cert_issued tenant=w") && l.contains("event=acme_failed tenant=o")
+        },
+    );
+    let root = pebble.issuing_root();
+    let r = tls_request(
+        &client_with_roots(&root),
+        tls,
+        "portal.wild.test",
+        Some("portal.wild.test"),
+        "/",
+    )
+    .expect("wildcard certificate verifies");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.names, vec!["*.wild.test".to_string()]);
+    // The challenge record was removed afterwards.
+    assert_eq!(bind.txt("_acme-challenge.wild.test"), "");
+    // The refused key: one event naming the tenant, the zone's server and the key.
+    let log = g.log_text();
+    let ev: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("event=acme_failed"))
+        .collect();
+    assert_eq!(ev.len(), 1, "{log}");
+    assert!(
+        ev[0].contains("tenant=o")
+            && ev[0].contains("step=dns-01")
+            && ev[0].contains("cong-key")
+            && ev[0].contains("rejected the TSIG signature"),
+        "{}",
+        ev[0]
+    );
+    // And the gateway still serves both tenants.
+    let any = client_any(&[&rustls::version::TLS13], &[b"http/1.1"]);
+    let r = tls_request(&any, tls, "x.other.test", Some("x.other.test"), "/").unwrap();
+    assert_eq!(r.status, 200);
+}

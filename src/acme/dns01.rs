@@ -63,8 +63,11 @@ pub async fn add_txt(zone: &DnsZone, name: &str, value: &str) -> Result<(), Stri
     let rs = record_set(&owner(name)?, value);
     let resp = c.append(rs, origin(zone)?, false).await.map_err(|e| {
         format!(
-            "update of zone {} at {} failed (TSIG key `{}`): {e}",
-            zone.zone, zone.server, zone.key_name
+            "update of zone {} at {} failed (TSIG key `{}`): {}",
+            zone.zone,
+            zone.server,
+            zone.key_name,
+            causes(&e)
         )
     })?;
     check(resp.response_code(), zone)
@@ -74,11 +77,38 @@ pub async fn add_txt(zone: &DnsZone, name: &str, value: &str) -> Result<(), Stri
 pub async fn remove_txt(zone: &DnsZone, name: &str, value: &str) -> Result<(), String> {
     let mut c = client(zone).await?;
     let rs = record_set(&owner(name)?, value);
-    let resp = c
-        .delete_by_rdata(rs, origin(zone)?)
-        .await
-        .map_err(|e| format!("clean-up in zone {} at {}: {e}", zone.zone, zone.server))?;
+    let resp = c.delete_by_rdata(rs, origin(zone)?).await.map_err(|e| {
+        format!(
+            "clean-up in zone {} at {}: {}",
+            zone.zone,
+            zone.server,
+            causes(&e)
+        )
+    })?;
     check(resp.response_code(), zone)
+}
+
+/// The error with its inner cause, so "proto error" comes with what actually went wrong.
+fn causes(e: &hickory_client::error::ClientError) -> String {
+    use hickory_client::error::ClientErrorKind as K;
+    let mut s = match e.kind() {
+        K::Proto(p) => format!("{p}"),
+        K::DnsSec(d) => format!("{d}"),
+        K::Io(i) => format!("{i}"),
+        _ => e.to_string(),
+    };
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    // A server that rejects the key answers with an empty MAC, which hickory reports as a
+    // "truncated HMAC"; say what it means.
+    if s.contains("truncated HMAC") {
+        s = "the server rejected the TSIG signature (BADKEY/BADSIG: wrong key name, secret or algorithm)".into();
+    }
+    s
 }
 
 fn check(code: ResponseCode, zone: &DnsZone) -> Result<(), String> {

@@ -375,3 +375,55 @@ pub fn http_body(raw: &str) -> String {
     }
     out
 }
+
+/// BIND's named, authoritative on loopback for `zones`, accepting RFC 2136 updates signed with
+/// the TSIG key `cong-key` (hmac-sha256, secret `secret_b64`).
+pub struct Bind {
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+}
+
+impl Bind {
+    pub fn start(zones: &[&str], secret_b64: &str) -> Bind {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let port = crate::common::free_port("127.0.0.1");
+        let mut conf = format!(
+            "options {{\n  directory \"{d}\";\n  listen-on port {port} {{ 127.0.0.1; }};\n  listen-on-v6 {{ none; }};\n  pid-file \"{d}/named.pid\";\n  session-keyfile \"{d}/session.key\";\n  managed-keys-directory \"{d}\";\n  recursion no;\n  dnssec-validation no;\n  notify no;\n}};\ncontrols {{ }};\nkey \"cong-key\" {{ algorithm hmac-sha256; secret \"{secret_b64}\"; }};\n"
+        );
+        for z in zones {
+            std::fs::write(
+                dir.path().join(format!("{z}.zone")),
+                format!(
+                    "$TTL 60\n@ IN SOA ns.{z}. admin.{z}. 1 60 60 600 60\n@ IN NS ns.{z}.\nns IN A 127.0.0.1\n@ IN A 127.0.0.1\n* IN A 127.0.0.1\n"
+                ),
+            )
+            .unwrap();
+            conf.push_str(&format!(
+                "zone \"{z}\" {{ type primary; file \"{d}/{z}.zone\"; allow-update {{ key \"cong-key\"; }}; }};\n"
+            ));
+        }
+        std::fs::write(dir.path().join("named.conf"), conf).unwrap();
+        let mut proc = Proc::spawn(
+            "named",
+            Command::new("named")
+                .args(["-g", "-4", "-c"])
+                .arg(dir.path().join("named.conf")),
+            dir.path().join("named.log"),
+        );
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        proc.wait_tcp(addr);
+        Bind { proc, dir, addr }
+    }
+
+    /// `dig +short` of a TXT record.
+    pub fn txt(&self, name: &str) -> String {
+        let out = Command::new("dig")
+            .arg(format!("@{}", self.addr.ip()))
+            .args(["-p", &self.addr.port().to_string(), "+short", "TXT", name])
+            .output()
+            .expect("dig");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
