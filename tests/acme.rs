@@ -67,13 +67,18 @@ fn http01_for_many_tenants_then_renewal_swaps_without_restart() {
         "/add-a",
         r#"{"host":"bad.tinh.test.","addresses":["10.9.9.9"]}"#,
     );
+    // And one whose CAA records allow only another CA.
+    dns.manage(
+        "/add-caa",
+        r#"{"host":"caa.tinh.test.","policies":[{"tag":"issue","value":"other-ca.example"}]}"#,
+    );
     let pebble = Pebble::start(plain.port(), dns.dns);
 
     let acme = format!(
         "public_addresses = [\"127.0.0.1\"]\nresolver = \"{}\"\nconcurrency = 4\n",
         dns.dns
     );
-    let main = acme_main(
+    let mut main = acme_main(
         plain,
         tls,
         admin,
@@ -81,6 +86,7 @@ fn http01_for_many_tenants_then_renewal_swaps_without_restart() {
         &pebble.tls_ca_path.display().to_string(),
         &acme,
     );
+    main.push_str("caa_identity = \"pebble.test\"\n");
     let mut files: Vec<(String, String)> = Vec::new();
     let n = 21;
     for i in 0..n {
@@ -107,6 +113,13 @@ fn http01_for_many_tenants_then_renewal_swaps_without_restart() {
             tenant("bad", &["bad.tinh.test"], &[b.addr], "")
         ),
     ));
+    files.push((
+        "caa.toml".into(),
+        format!(
+            "acme = true\n{}",
+            tenant("caa", &["caa.tinh.test"], &[b.addr], "")
+        ),
+    ));
     let refs: Vec<(&str, &str)> = files
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
@@ -123,18 +136,31 @@ fn http01_for_many_tenants_then_renewal_swaps_without_restart() {
     );
     let log = g.log_text();
     assert_eq!(count(&log, "event=acme_failed"), 0, "{log}");
-    // The misconfigured name was reported once and never ordered.
-    let pre: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("event=acme_preflight_failed"))
-        .collect();
-    assert_eq!(pre.len(), 1, "{log}");
+    // The misconfigured names were reported once each and never ordered.
+    let pre = |t: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| {
+                l.contains("event=acme_preflight_failed") && l.contains(&format!("tenant={t} "))
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let bad = pre("bad");
+    assert_eq!(bad.len(), 1, "{log}");
     assert!(
-        pre[0].contains("tenant=bad") && pre[0].contains("10.9.9.9"),
+        bad[0].contains("10.9.9.9") && bad[0].contains("name=bad.tinh.test"),
         "{}",
-        pre[0]
+        bad[0]
     );
-    assert!(!log.contains("acme bad: new order"), "{log}");
+    let caa = pre("caa");
+    assert_eq!(caa.len(), 1, "{log}");
+    assert!(
+        caa[0].contains("CAA") && caa[0].contains("pebble.test"),
+        "{}",
+        caa[0]
+    );
+    assert_eq!(count(&log, "event=acme_preflight_failed"), 2, "{log}");
+    assert!(!log.contains("acme bad: new order") && !log.contains("acme caa: new order"));
 
     // Every name verifies against pebble's issuing root.
     let root = pebble.issuing_root();

@@ -245,6 +245,104 @@ fn bad_certificate_files_are_reported_and_the_rest_is_served() {
     assert_eq!(r.status, 200);
 }
 
+#[test]
+fn expiring_certificate_gives_a_warning_event() {
+    let b = Backend::start("b", "127.0.0.1");
+    let (plain, tls, admin) = (
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+    );
+    // Valid for five more days.
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 5 * 86400
+        + 3600;
+    let not_after = x509_parser::time::ASN1Time::from_timestamp(soon)
+        .unwrap()
+        .to_datetime();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["soon.tinh.test".to_string()]).unwrap();
+    params.not_after = not_after;
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let main = main_config(plain, tls, admin, "expiry_warning_days = 14\n");
+    let t = format!(
+        "tls_cert = \"soon.pem\"\ntls_key = \"soon.key\"\n{}",
+        tenant("soon", &["soon.tinh.test"], &[b.addr], "")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &main, &[("soon.toml", &t)]);
+    std::fs::write(dir.path().join("soon.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("soon.key"), key.serialize_pem()).unwrap();
+    let g = start_in(dir, plain, admin);
+    wait_until("cert_expiring event", Duration::from_secs(10), || {
+        g.log_text().contains("event=cert_expiring tenant=soon")
+    });
+    // A few scheduler ticks later there is still only one.
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = g.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("event=cert_expiring"))
+        .unwrap();
+    assert!(
+        line.contains("days_left=5") && line.contains("source=operator"),
+        "{line}"
+    );
+    assert_eq!(log.matches("event=cert_expiring").count(), 1, "once a day");
+}
+
+#[test]
+fn tls_configuration_errors_name_file_line_and_key() {
+    let admin = free_addr("127.0.0.1");
+    let listen = free_addr("127.0.0.1");
+    let base = base_config(listen, admin, "");
+    let t = tenant(
+        "a",
+        &["*.a.tinh.test"],
+        &["127.0.0.1:1".parse().unwrap()],
+        "",
+    );
+    // acme without a CA.
+    let (ok, out, _d) = check(&base, &[("a.toml", &format!("acme = true\n{t}"))]);
+    assert!(!ok);
+    assert!(
+        out.contains("a.toml:") && out.contains("`acme`") && out.contains("[[acme_ca]]"),
+        "{out}"
+    );
+    // A wildcard with acme needs a DNS-01 zone.
+    let with_ca =
+        format!("{base}[[acme_ca]]\nname = \"le\"\ndirectory = \"https://127.0.0.1:1/dir\"\n");
+    let (ok, out, _d) = check(&with_ca, &[("a.toml", &format!("acme = true\n{t}"))]);
+    assert!(!ok);
+    assert!(
+        out.contains("`hosts`") && out.contains("dns_update"),
+        "{out}"
+    );
+    // Unknown keys and bad values in the new tables.
+    let (ok, out, _d) = check(&format!("{base}[tls]\ncert_dirr = \"x\"\n"), &[]);
+    assert!(!ok && out.contains("cert_dirr"), "{out}");
+    let bad_secret = format!(
+        "{with_ca}\n[[dns_update]]\nzone = \"a.tinh.test\"\nserver = \"127.0.0.1:53\"\ntsig_key_name = \"k\"\ntsig_secret = \"not base64!\"\n"
+    );
+    let (ok, out, _d) = check(&bad_secret, &[]);
+    assert!(
+        !ok && out.contains("dns_update[0].tsig_secret") && out.contains("base64"),
+        "{out}"
+    );
+    let (ok, out, _d) = check(&base, &[("a.toml", &format!("hsts = \"yes please\"\n{t}"))]);
+    assert!(
+        !ok && out.contains("a.toml:1:8") && out.contains("`hsts`"),
+        "{out}"
+    );
+}
+
 /// Starts the gateway on a config directory already written.
 fn start_in(dir: tempfile::TempDir, listen: SocketAddr, admin: SocketAddr) -> Gateway {
     let log = dir.path().join("cong.log");
@@ -265,4 +363,75 @@ fn start_in(dir: tempfile::TempDir, listen: SocketAddr, admin: SocketAddr) -> Ga
     };
     g.wait_ready();
     g
+}
+
+#[test]
+fn testssl_finds_no_old_protocols_and_no_known_vulnerability() {
+    let b = Backend::start("b", "127.0.0.1");
+    let (plain, tls, admin) = (
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+    );
+    let (_, chain, key) = test_pki(&["a.tinh.test"]);
+    let main = main_config(plain, tls, admin, "");
+    let t = format!(
+        "tls_cert = \"a.pem\"\ntls_key = \"a.key\"\n{}",
+        tenant("a", &["a.tinh.test"], &[b.addr], "")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &main, &[("a.toml", &t)]);
+    std::fs::write(dir.path().join("a.pem"), &chain).unwrap();
+    std::fs::write(dir.path().join("a.key"), &key).unwrap();
+    let g = start_in(dir, plain, admin);
+    let json = g.dir.path().join("testssl.json");
+    let out = std::process::Command::new("testssl")
+        .args([
+            "--quiet",
+            "--color",
+            "0",
+            "--warnings",
+            "off",
+            "--ip",
+            "127.0.0.1",
+        ])
+        .args(["--protocols", "--vulnerable", "--jsonfile"])
+        .arg(&json)
+        .arg(format!("https://a.tinh.test:{}", tls.port()))
+        .output()
+        .expect("run testssl");
+    let report = std::fs::read_to_string(&json).unwrap_or_else(|_| {
+        panic!(
+            "no testssl report:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&report).unwrap();
+    let finding = |id: &str| -> String {
+        findings
+            .iter()
+            .find(|f| f["id"] == id)
+            .map(|f| f["finding"].as_str().unwrap_or("").to_string())
+            .unwrap_or_else(|| panic!("testssl has no `{id}`:\n{report}"))
+    };
+    for old in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
+        assert!(
+            finding(old).starts_with("not offered"),
+            "{old}: {}",
+            finding(old)
+        );
+    }
+    for new in ["TLS1_2", "TLS1_3"] {
+        assert!(
+            finding(new).starts_with("offered"),
+            "{new}: {}",
+            finding(new)
+        );
+    }
+    let bad: Vec<&serde_json::Value> = findings
+        .iter()
+        .filter(|f| matches!(f["severity"].as_str(), Some("MEDIUM" | "HIGH" | "CRITICAL")))
+        .collect();
+    assert!(bad.is_empty(), "testssl findings: {bad:#?}");
 }

@@ -377,6 +377,13 @@ impl TenantTls {
             }
             None => None,
         };
+        if t.acme && cfg.main.acme_ca.is_empty() {
+            return Err(src.error_at(
+                t.id.span(),
+                "acme",
+                "`acme = true` needs at least one [[acme_ca]] in the main file",
+            ));
+        }
         if t.acme {
             for h in &t.hosts {
                 let name = h.get_ref().to_ascii_lowercase();
@@ -396,13 +403,6 @@ impl TenantTls {
                     ));
                 }
             }
-        }
-        if t.acme && cfg.main.acme_ca.is_empty() {
-            return Err(src.error_at(
-                t.id.span(),
-                "acme",
-                "`acme = true` needs at least one [[acme_ca]] in the main file",
-            ));
         }
         Ok(TenantTls {
             acme: t.acme,
