@@ -366,3 +366,133 @@ fn dns01_wildcard_through_bind_with_tsig_and_a_refused_key() {
     let r = tls_request(&any, tls, "x.other.test", Some("x.other.test"), "/").unwrap();
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn due_certificate_renewed_automatically_and_interrupted_order_resumed() {
+    let b = Backend::start("b", "127.0.0.1");
+    let (plain, tls, admin) = (
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dns = ChallDns::start(work.path());
+    let pebble = Pebble::start(plain.port(), dns.dns);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("certs/acme/state");
+    std::fs::create_dir_all(&state).unwrap();
+
+    // A managed certificate past two-thirds of its lifetime, as a previous run left it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let at = |t: i64| {
+        x509_parser::time::ASN1Time::from_timestamp(t)
+            .unwrap()
+            .to_datetime()
+    };
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["old.tinh.test".to_string()]).unwrap();
+    params.not_before = at(now - 70 * 86400);
+    params.not_after = at(now + 20 * 86400);
+    let old = params.self_signed(&key).unwrap();
+    std::fs::write(
+        dir.path().join("certs/acme/old.pem"),
+        format!("{}{}", key.serialize_pem(), old.pem()),
+    )
+    .unwrap();
+
+    // An account and an order created before a restart: the order must be picked up, not
+    // replaced.
+    let (creds, order_url) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let (account, creds) = instant_acme::Account::builder_with_root(&pebble.tls_ca_path)
+                .unwrap()
+                .create(
+                    &instant_acme::NewAccount {
+                        contact: &[],
+                        terms_of_service_agreed: true,
+                        only_return_existing: false,
+                    },
+                    pebble.directory(),
+                    None,
+                )
+                .await
+                .unwrap();
+            let ids = [instant_acme::Identifier::Dns("resume.tinh.test".into())];
+            let order = account
+                .new_order(&instant_acme::NewOrder::new(&ids))
+                .await
+                .unwrap();
+            (
+                serde_json::to_string(&creds).unwrap(),
+                order.url().to_string(),
+            )
+        });
+    std::fs::write(state.join("account-pebble.json"), creds).unwrap();
+    let pending = serde_json::json!({
+        "url": order_url,
+        "names": ["resume.tinh.test"],
+        "ca": "pebble",
+        "key_pem": rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    });
+    std::fs::write(state.join("order-resume.json"), pending.to_string()).unwrap();
+
+    let main = acme_main(
+        plain,
+        tls,
+        admin,
+        &pebble.directory(),
+        &pebble.tls_ca_path.display().to_string(),
+        &format!("resolver = \"{}\"\n", dns.dns),
+    );
+    let t_old = format!(
+        "acme = true\n{}",
+        tenant("old", &["old.tinh.test"], &[b.addr], "")
+    );
+    let t_res = format!(
+        "acme = true\n{}",
+        tenant("resume", &["resume.tinh.test"], &[b.addr], "")
+    );
+    write_config(
+        dir.path(),
+        &main,
+        &[("old.toml", &t_old), ("resume.toml", &t_res)],
+    );
+    let g = start_in(dir, plain, admin);
+    wait_until(
+        "renewal and resumed issuance",
+        Duration::from_secs(60),
+        || {
+            let l = g.log_text();
+            l.contains("event=cert_renewed tenant=old")
+                && l.contains("event=cert_issued tenant=resume")
+        },
+    );
+    let log = g.log_text();
+    assert!(
+        log.contains(&format!("acme resume: resuming order {order_url}")),
+        "{log}"
+    );
+    assert!(!log.contains("acme resume: new order"), "{log}");
+    assert!(
+        !log.contains("event=acme_account_created"),
+        "account reused"
+    );
+    assert!(!g
+        .dir
+        .path()
+        .join("certs/acme/state/order-resume.json")
+        .exists());
+    let root = pebble.issuing_root();
+    for host in ["old.tinh.test", "resume.tinh.test"] {
+        let r = tls_request(&client_with_roots(&root), tls, host, Some(host), "/")
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert_eq!(r.status, 200);
+    }
+}
