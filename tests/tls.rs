@@ -148,6 +148,11 @@ fn redirect_hsts_and_sni_host_check() {
     // Host of tenant a on a connection whose SNI is tenant b's name: 421.
     let r = tls_request(&cl, tls, "b.tinh.test", Some("a.tinh.test"), "/").unwrap();
     assert_eq!(r.status, 421, "{}", r.response);
+    // The gateway's own responses on HTTPS carry the tenant's HSTS too.
+    assert_eq!(
+        r.header("strict-transport-security").as_deref(),
+        Some("max-age=600")
+    );
     // Tenant b does not ask for the check.
     let r = tls_request(&cl, tls, "a.tinh.test", Some("b.tinh.test"), "/").unwrap();
     assert_eq!(r.status, 200);

@@ -474,15 +474,6 @@ impl Manager {
         renewal_time(&l.info, self.settings().renew_fraction) - jitter
     }
 
-    /// Next planned attempt of `name` (unix seconds), for listings.
-    pub fn next_attempt(&self, name: &str) -> Option<i64> {
-        self.sched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .map(|s| s.next)
-    }
-
     fn due(self: &Arc<Self>) -> Vec<Target> {
         let now = crate::tls::now_unix();
         let mut sched = self.sched.lock().unwrap_or_else(|e| e.into_inner());
