@@ -174,6 +174,30 @@ fn http01_for_many_tenants_then_renewal_swaps_without_restart() {
     }
     let r = tls_request(&cl, tls, "www.t05.tinh.test", None, "/").unwrap();
     assert!(r.names.contains(&"t05.tinh.test".to_string()));
+    // curl verifies the chain against pebble's root too, and gets HTTP/2 by ALPN.
+    let root_file = work.path().join("pebble-root.pem");
+    std::fs::write(&root_file, &root).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .arg("--cacert")
+        .arg(&root_file)
+        .arg("--resolve")
+        .arg(format!("t11.tinh.test:{}:127.0.0.1", tls.port()))
+        .arg(format!("https://t11.tinh.test:{}/", tls.port()))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 2",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Now that certificates exist, plain HTTP redirects.
     let r = get(plain, "t03.tinh.test", "/a?b=c");
     assert_eq!(r.status, 308);
@@ -495,4 +519,56 @@ fn due_certificate_renewed_automatically_and_interrupted_order_resumed() {
             .unwrap_or_else(|e| panic!("{host}: {e}"));
         assert_eq!(r.status, 200);
     }
+}
+
+#[test]
+fn external_account_binding_is_sent_when_the_ca_requires_it() {
+    let b = Backend::start("b", "127.0.0.1");
+    let (plain, tls, admin) = (
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dns = ChallDns::start(work.path());
+    let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let pebble = Pebble::start_with(plain.port(), dns.dns, Some(("kid-1", key)));
+    let acme = format!("resolver = \"{}\"\n", dns.dns);
+    let root = pebble.tls_ca_path.display().to_string();
+    let mut main = acme_main(plain, tls, admin, &pebble.directory(), &root, &acme);
+    main.push_str(&format!("eab_kid = \"kid-1\"\neab_hmac_key = \"{key}\"\n"));
+    // A second CA entry without the binding, used by another tenant: the CA's refusal is
+    // reported with its own words.
+    main.push_str(&format!(
+        "\n[[acme_ca]]\nname = \"noeab\"\ndirectory = \"{}\"\ntrust_root = \"{root}\"\n",
+        pebble.directory()
+    ));
+    let te = format!(
+        "acme = true\n{}",
+        tenant("e", &["e.tinh.test"], &[b.addr], "")
+    );
+    let tn = format!(
+        "acme = true\nacme_ca = \"noeab\"\n{}",
+        tenant("n", &["n.tinh.test"], &[b.addr], "")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &main, &[("e.toml", &te), ("n.toml", &tn)]);
+    let g = start_in(dir, plain, admin);
+    wait_until(
+        "issued with EAB, refused without",
+        Duration::from_secs(60),
+        || {
+            let l = g.log_text();
+            l.contains("event=cert_issued tenant=e") && l.contains("event=acme_failed tenant=n")
+        },
+    );
+    let log = g.log_text();
+    let ev = log
+        .lines()
+        .find(|l| l.contains("event=acme_failed tenant=n"))
+        .unwrap();
+    assert!(
+        ev.contains("step=account") && ev.contains("ca=noeab") && ev.contains("externalAccount"),
+        "{ev}"
+    );
 }

@@ -300,6 +300,11 @@ pub struct Pebble {
 
 impl Pebble {
     pub fn start(http_port: u16, dns: SocketAddr) -> Pebble {
+        Self::start_with(http_port, dns, None)
+    }
+
+    /// With `eab = Some((kid, base64url key))`, accounts need external account binding.
+    pub fn start_with(http_port: u16, dns: SocketAddr, eab: Option<(&str, &str)>) -> Pebble {
         let dir = tempfile::tempdir().unwrap();
         let (ca, chain, key) = crate::common::test_pki(&["localhost", "127.0.0.1"]);
         let p = |n: &str| dir.path().join(n);
@@ -312,9 +317,14 @@ impl Pebble {
         let cfg = format!(
             r#"{{"pebble": {{"listenAddress": "{listen}", "managementListenAddress": "{mgmt}",
   "certificate": "{c}", "privateKey": "{k}", "httpPort": {http_port}, "tlsPort": {tls_port},
-  "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+  "ocspResponderURL": "", "externalAccountBindingRequired": {required},
+  "externalAccountMACKeys": {{{keys}}}}}}}"#,
             c = p("cert.pem").display(),
-            k = p("key.pem").display()
+            k = p("key.pem").display(),
+            required = eab.is_some(),
+            keys = eab
+                .map(|(kid, key)| format!("\"{kid}\": \"{key}\""))
+                .unwrap_or_default()
         );
         std::fs::write(p("pebble.json"), cfg).unwrap();
         let mut proc = Proc::spawn(
