@@ -94,6 +94,11 @@ pub fn list(snap: &Snapshot) -> Result<String, String> {
 
 /// Asks the running gateway to renew `name` now and prints its progress lines.
 pub fn renew(snap: &Snapshot, name: &str) -> Result<(), String> {
+    if !snap.tenants.iter().any(|t| t.id == name && t.tls.acme) {
+        return Err(format!(
+            "no tenant `{name}` with `acme = true` in this configuration"
+        ));
+    }
     let admin = snap.settings.admin;
     println!("renewing {name} through the gateway at {admin}");
     let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(5))
