@@ -10,7 +10,8 @@
 #   - full handshakes/s: every request on a new TLS connection (HTTP/1.1, Connection: close;
 #     h2load reconnects), no session resumption;
 #   - keep-alive req/s over HTTP/1.1 and HTTP/2;
-#   - CPU per request: user+system time of the proxy's processes during the run / requests.
+#   - CPU per request: user+system time of the proxy's processes during the run / requests;
+#   - the same keep-alive run without TLS, to tell the cost of TLS from the rest of the proxy.
 # Nothing else CPU-heavy should run at the same time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
 chmod 644 "$work/key.pem"
 
 ORIGIN=$(free_port); CONG_TLS=$(free_port); CONG_ADMIN=$(free_port); NGX_TLS=$(free_port)
+CONG_PLAIN=$(free_port); NGX_PLAIN=$(free_port)
 
 # --- origin (shared by both proxies)
 mkdir -p "$work/origin"
@@ -84,6 +86,7 @@ http {
   upstream origin { server 127.0.0.1:$ORIGIN; keepalive 64; }
   server {
     listen 127.0.0.1:$NGX_TLS ssl http2;
+    listen 127.0.0.1:$NGX_PLAIN;
     server_name bench.test;
     ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -107,6 +110,7 @@ cat >"$work/cong/cong.toml" <<CONF
 [server]
 threads = 1
 access_log = false
+default_tenant = "bench"
 grace_period = "1s"
 shutdown_timeout = "1s"
 upgrade_sock = "$work/cong/upgrade.sock"
@@ -116,11 +120,16 @@ pid_file = "$work/cong/cong.pid"
 address = "127.0.0.1:$CONG_TLS"
 tls = true
 
+[[listen]]
+address = "127.0.0.1:$CONG_PLAIN"
+
 [admin]
 address = "127.0.0.1:$CONG_ADMIN"
 
 [tls]
 cert_dir = "$work/cong/certs"
+default_cert = "$work/cert.pem"
+default_key = "$work/key.pem"
 CONF
 cat >"$work/cong/tenants.d/bench.toml" <<CONF
 id = "bench"
@@ -137,19 +146,22 @@ pids+=($cong_pid)
 wait_port "$CONG_TLS"
 for _ in $(seq 200); do curl -s "http://127.0.0.1:$CONG_ADMIN/readyz" | grep -q ready && break; sleep 0.05; done
 
-# h2load needs the SNI/Host bench.test: connect to the IP, name the host in the header.
-run_h2load() { # name port mode -> prints "req/s cpu_us_per_req"
+# h2load has no way to send an SNI other than the URL's host and no resolver override, so it
+# connects to 127.0.0.1 without SNI: both proxies answer with the same certificate as their
+# default, and cong routes the IP-literal Host to its default tenant.
+run_h2load() { # port mode pids... -> prints "req/s cpu_us_per_req requests"
   local port=$1 mode=$2; shift 2
+  local scheme=https
   local args=()
   case $mode in
     new) args=(--h1 -n "$N_NEW" -c "$CLIENTS" -H 'Connection: close') ;;
     h1)  args=(--h1 -n "$N_KA" -c "$CLIENTS") ;;
     h2)  args=(-n "$N_KA" -c "$CLIENTS" -m 10) ;;
+    plain) args=(--h1 -n "$N_KA" -c "$CLIENTS"); scheme=http ;;
   esac
   local before after out
   before=$(cpu_ticks "$@")
-  out=$(taskset -c "$LOAD_CPUS" h2load "${args[@]}" --sni bench.test -H 'Host: bench.test' \
-        "https://127.0.0.1:$port/" 2>&1)
+  out=$(taskset -c "$LOAD_CPUS" h2load "${args[@]}" "$scheme://127.0.0.1:$port/" 2>&1)
   after=$(cpu_ticks "$@")
   local rps ok
   rps=$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")
@@ -164,13 +176,16 @@ run_h2load "$CONG_TLS" h1 "$cong_pid" >/dev/null
 run_h2load "$NGX_TLS" h1 "${ngx_pids[@]}" >/dev/null
 
 printf "%-28s %14s %14s %16s %16s\n" "run" "cong req/s" "nginx req/s" "cong CPU us/req" "nginx CPU us/req"
-for mode in new h1 h2; do
-  read -r c_rps c_us c_ok < <(run_h2load "$CONG_TLS" "$mode" "$cong_pid")
-  read -r n_rps n_us n_ok < <(run_h2load "$NGX_TLS" "$mode" "${ngx_pids[@]}")
+for mode in new h1 h2 plain; do
+  cp=$CONG_TLS np=$NGX_TLS
+  [[ $mode == plain ]] && cp=$CONG_PLAIN np=$NGX_PLAIN
+  read -r c_rps c_us c_ok < <(run_h2load "$cp" "$mode" "$cong_pid")
+  read -r n_rps n_us n_ok < <(run_h2load "$np" "$mode" "${ngx_pids[@]}")
   case $mode in
     new) label="new TLS conn per request" ;;
     h1) label="keep-alive HTTP/1.1" ;;
     h2) label="keep-alive HTTP/2 (m=10)" ;;
+    plain) label="no TLS: keep-alive HTTP/1.1" ;;
   esac
   printf "%-28s %14s %14s %16s %16s\n" "$label" "$c_rps" "$n_rps" "$c_us" "$n_us"
 done
