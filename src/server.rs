@@ -136,6 +136,15 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
     server.add_service(admin);
     server.add_service(maintainer);
     server.add_service(background_service("acme", crate::acme::Scheduler(acme)));
+    server.add_service(background_service(
+        "certificate files",
+        crate::tls::Watcher::new(
+            gateway.clone(),
+            store.clone(),
+            certs.clone(),
+            settings.tls.reload_interval,
+        ),
+    ));
     log::info!(
         "cong {} starting: listen={} admin={} tenants={} config={}",
         env!("CARGO_PKG_VERSION"),

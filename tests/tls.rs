@@ -348,6 +348,63 @@ fn tls_configuration_errors_name_file_line_and_key() {
     );
 }
 
+#[test]
+fn operator_certificate_replaced_on_disk_is_served_without_restart() {
+    let b = Backend::start("b", "127.0.0.1");
+    let (plain, tls, admin) = (
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+    );
+    let (ca1, chain1, key1) = test_pki(&["a.tinh.test"]);
+    let (ca2, chain2, key2) = test_pki(&["a.tinh.test"]);
+    let main = main_config(plain, tls, admin, "reload_interval = \"200ms\"\n");
+    let t = format!(
+        "tls_cert = \"a.pem\"\ntls_key = \"a.key\"\n{}",
+        tenant("a", &["a.tinh.test"], &[b.addr], "")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &main, &[("a.toml", &t)]);
+    let (cert_path, key_path) = (dir.path().join("a.pem"), dir.path().join("a.key"));
+    std::fs::write(&cert_path, &chain1).unwrap();
+    std::fs::write(&key_path, &key1).unwrap();
+    let g = start_in(dir, plain, admin);
+    assert!(tls_request(&client_with_roots(&ca1), tls, "a.tinh.test", None, "/").is_ok());
+
+    // The operator replaces both files (as a deployment tool would: temp file + rename).
+    let replace = |path: &std::path::Path, text: &str| {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    };
+    replace(&key_path, &key2);
+    replace(&cert_path, &chain2);
+    wait_until("the new certificate", Duration::from_secs(10), || {
+        tls_request(&client_with_roots(&ca2), tls, "a.tinh.test", None, "/").is_ok()
+    });
+    assert!(g.log_text().contains("event=cert_reloaded tenant=a"));
+
+    // A broken replacement is reported once and the certificate in use stays.
+    replace(
+        &cert_path,
+        "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+    );
+    wait_until("cert_invalid event", Duration::from_secs(10), || {
+        g.log_text().contains("event=cert_invalid tenant=a")
+    });
+    let r = tls_request(
+        &client_with_roots(&ca2),
+        tls,
+        "a.tinh.test",
+        Some("a.tinh.test"),
+        "/",
+    )
+    .expect("still served with the last good certificate");
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(g.log_text().matches("event=cert_invalid").count(), 1);
+}
+
 /// Starts the gateway on a config directory already written.
 fn start_in(dir: tempfile::TempDir, listen: SocketAddr, admin: SocketAddr) -> Gateway {
     let log = dir.path().join("cong.log");

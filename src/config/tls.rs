@@ -17,6 +17,8 @@ pub struct TlsConfig {
     pub default_key: Option<Spanned<String>>,
     /// Port written in HTTP → HTTPS redirects. Default 443.
     pub https_port: Option<u16>,
+    /// How often operator certificate files are checked for changes. Default 10s.
+    pub reload_interval: Option<Dur>,
     /// Days before expiry at which a `cert_expiring` warning is emitted. Default 14.
     pub expiry_warning_days: Option<u32>,
 }

@@ -6,8 +6,10 @@
 //! (`acme`) hand it certificates through `CertResolver::install`.
 
 mod pem;
+mod watch;
 
 pub use pem::{load_pair, now_unix, parse_pair, CertError, CertInfo};
+pub use watch::Watcher;
 
 use crate::certs::CertStore;
 use crate::config::{Config, ConfigError, SourceFile, TenantConfig};
@@ -213,6 +215,7 @@ pub struct TlsGlobal {
     pub default_cert: Option<(PathBuf, PathBuf)>,
     pub https_port: u16,
     pub expiry_warning_days: u32,
+    pub reload_interval: std::time::Duration,
 }
 
 impl TlsGlobal {
@@ -239,6 +242,11 @@ impl TlsGlobal {
             default_cert,
             https_port: t.https_port.unwrap_or(443),
             expiry_warning_days: t.expiry_warning_days.unwrap_or(14),
+            reload_interval: t
+                .reload_interval
+                .map(|d| d.get())
+                .unwrap_or(std::time::Duration::from_secs(10))
+                .max(std::time::Duration::from_millis(100)),
         })
     }
 }
