@@ -475,8 +475,10 @@ fn due_certificate_renewed_automatically_and_interrupted_order_resumed() {
         &pebble.tls_ca_path.display().to_string(),
         &format!("resolver = \"{}\"\n", dns.dns),
     );
+    // It redirects plain HTTP (it has a certificate from the start): the challenge must still
+    // be answered, not redirected.
     let t_old = format!(
-        "acme = true\n{}",
+        "acme = true\nhttps_redirect = true\n{}",
         tenant("old", &["old.tinh.test"], &[b.addr], "")
     );
     let t_res = format!(
@@ -507,6 +509,14 @@ fn due_certificate_renewed_automatically_and_interrupted_order_resumed() {
     assert!(
         !log.contains("event=acme_account_created"),
         "account reused"
+    );
+    assert_eq!(get(plain, "old.tinh.test", "/").status, 308);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("uri=/.well-known/acme-challenge/")
+                && l.contains("host=old.tinh.test")
+                && l.contains("status=200")),
+        "{log}"
     );
     assert!(!g
         .dir

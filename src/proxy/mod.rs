@@ -130,6 +130,7 @@ impl ProxyHttp for Proxy {
 
         // 2. ACME HTTP-01: answered for every name before anything can redirect or refuse it.
         if let Some(key_auth) = self.challenges.http01_answer(req.uri.path()) {
+            ctx.host = request_host(req).unwrap_or("").to_string();
             ctx.snapshot = Some(snap);
             return local::respond_text(session, ctx, 200, &[], &key_auth).await;
         }
