@@ -13,6 +13,8 @@ if [[ "${1:-}" == "--test" ]]; then
   want_pkgs+=(curl pebble bind9 bind9-dnsutils testssl.sh nginx nghttp2-client)
 fi
 
+# named and other daemons live in sbin, which is not on every user's PATH.
+PATH="$PATH:/usr/sbin:/sbin"
 missing=()
 for i in "${!want_bins[@]}"; do
   command -v "${want_bins[$i]}" >/dev/null 2>&1 || missing+=("${want_pkgs[$i]}")

@@ -27,27 +27,6 @@ fn acme_main(
     )
 }
 
-fn start_in(dir: tempfile::TempDir, listen: SocketAddr, admin: SocketAddr) -> Gateway {
-    let log = dir.path().join("cong.log");
-    let child = Command::new(CONG)
-        .args(["run", "-c"])
-        .arg(dir.path().join("cong.toml"))
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start cong");
-    let g = Gateway {
-        dir,
-        listen,
-        admin,
-        child: Some(child),
-        log,
-    };
-    g.wait_ready();
-    g
-}
-
 fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }

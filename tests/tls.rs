@@ -6,18 +6,8 @@ mod common;
 mod tls_common;
 
 use common::*;
-use std::net::SocketAddr;
 use std::time::Duration;
 use tls_common::*;
-
-/// A main config with one plain and one TLS listener.
-fn main_config(plain: SocketAddr, tls: SocketAddr, admin: SocketAddr, extra: &str) -> String {
-    format!(
-        "[server]\nthreads = 2\ngrace_period = \"1s\"\nshutdown_timeout = \"1s\"\nupgrade_sock = \"/tmp/cong-test-{p}.sock\"\npid_file = \"/tmp/cong-test-{p}.pid\"\n\n[[listen]]\naddress = \"{plain}\"\n\n[[listen]]\naddress = \"{tls}\"\ntls = true\n\n[admin]\naddress = \"{admin}\"\n\n[tls]\ncert_dir = \"certs\"\nhttps_port = {tp}\n{extra}\n",
-        p = plain.port(),
-        tp = tls.port()
-    )
-}
 
 #[test]
 fn certificates_by_sni_versions_alpn_resumption_and_headers() {
@@ -403,97 +393,4 @@ fn operator_certificate_replaced_on_disk_is_served_without_restart() {
     assert_eq!(r.status, 200);
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(g.log_text().matches("event=cert_invalid").count(), 1);
-}
-
-/// Starts the gateway on a config directory already written.
-fn start_in(dir: tempfile::TempDir, listen: SocketAddr, admin: SocketAddr) -> Gateway {
-    let log = dir.path().join("cong.log");
-    let child = std::process::Command::new(CONG)
-        .args(["run", "-c"])
-        .arg(dir.path().join("cong.toml"))
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start cong");
-    let g = Gateway {
-        dir,
-        listen,
-        admin,
-        child: Some(child),
-        log,
-    };
-    g.wait_ready();
-    g
-}
-
-#[test]
-fn testssl_finds_no_old_protocols_and_no_known_vulnerability() {
-    let b = Backend::start("b", "127.0.0.1");
-    let (plain, tls, admin) = (
-        free_addr("127.0.0.1"),
-        free_addr("127.0.0.1"),
-        free_addr("127.0.0.1"),
-    );
-    let (_, chain, key) = test_pki(&["a.tinh.test"]);
-    let main = main_config(plain, tls, admin, "");
-    let t = format!(
-        "tls_cert = \"a.pem\"\ntls_key = \"a.key\"\n{}",
-        tenant("a", &["a.tinh.test"], &[b.addr], "")
-    );
-    let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), &main, &[("a.toml", &t)]);
-    std::fs::write(dir.path().join("a.pem"), &chain).unwrap();
-    std::fs::write(dir.path().join("a.key"), &key).unwrap();
-    let g = start_in(dir, plain, admin);
-    let json = g.dir.path().join("testssl.json");
-    let out = std::process::Command::new("testssl")
-        .args([
-            "--quiet",
-            "--color",
-            "0",
-            "--warnings",
-            "off",
-            "--ip",
-            "127.0.0.1",
-        ])
-        .args(["--protocols", "--vulnerable", "--jsonfile"])
-        .arg(&json)
-        .arg(format!("https://a.tinh.test:{}", tls.port()))
-        .output()
-        .expect("run testssl");
-    let report = std::fs::read_to_string(&json).unwrap_or_else(|_| {
-        panic!(
-            "no testssl report:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let findings: Vec<serde_json::Value> = serde_json::from_str(&report).unwrap();
-    let finding = |id: &str| -> String {
-        findings
-            .iter()
-            .find(|f| f["id"] == id)
-            .map(|f| f["finding"].as_str().unwrap_or("").to_string())
-            .unwrap_or_else(|| panic!("testssl has no `{id}`:\n{report}"))
-    };
-    for old in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
-        assert!(
-            finding(old).starts_with("not offered"),
-            "{old}: {}",
-            finding(old)
-        );
-    }
-    for new in ["TLS1_2", "TLS1_3"] {
-        assert!(
-            finding(new).starts_with("offered"),
-            "{new}: {}",
-            finding(new)
-        );
-    }
-    let bad: Vec<&serde_json::Value> = findings
-        .iter()
-        .filter(|f| matches!(f["severity"].as_str(), Some("MEDIUM" | "HIGH" | "CRITICAL")))
-        .collect();
-    assert!(bad.is_empty(), "testssl findings: {bad:#?}");
 }

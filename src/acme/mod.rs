@@ -945,6 +945,7 @@ impl BackgroundService for Scheduler {
 
 impl Manager {
     async fn run(self: &Arc<Self>, shutdown: &mut ShutdownWatch) {
+        let mut ticks: u64 = 0;
         loop {
             for t in self.due() {
                 let m = self.clone();
@@ -953,7 +954,11 @@ impl Manager {
                     m.attempt(&t, &p).await;
                 });
             }
-            self.warn_expiring();
+            // Expiry is counted in days: once a minute is plenty.
+            if ticks % 60 == 0 {
+                self.warn_expiring();
+            }
+            ticks += 1;
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = self.kick.notified() => {}

@@ -417,9 +417,14 @@ impl Bind {
         std::fs::write(dir.path().join("named.conf"), conf).unwrap();
         let mut proc = Proc::spawn(
             "named",
-            Command::new("named")
-                .args(["-g", "-4", "-c"])
-                .arg(dir.path().join("named.conf")),
+            // named lives in /usr/sbin, which is not on every user's PATH.
+            Command::new(if Path::new("/usr/sbin/named").exists() {
+                "/usr/sbin/named"
+            } else {
+                "named"
+            })
+            .args(["-g", "-4", "-c"])
+            .arg(dir.path().join("named.conf")),
             dir.path().join("named.log"),
         );
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -436,4 +441,42 @@ impl Bind {
             .expect("dig");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway with TLS listeners.
+
+/// A main config with one plain and one TLS listener.
+pub fn main_config(plain: SocketAddr, tls: SocketAddr, admin: SocketAddr, extra: &str) -> String {
+    format!(
+        "[server]\nthreads = 2\ngrace_period = \"1s\"\nshutdown_timeout = \"1s\"\nupgrade_sock = \"/tmp/cong-test-{p}.sock\"\npid_file = \"/tmp/cong-test-{p}.pid\"\n\n[[listen]]\naddress = \"{plain}\"\n\n[[listen]]\naddress = \"{tls}\"\ntls = true\n\n[admin]\naddress = \"{admin}\"\n\n[tls]\ncert_dir = \"certs\"\nhttps_port = {tp}\n{extra}\n",
+        p = plain.port(),
+        tp = tls.port()
+    )
+}
+
+/// Starts the gateway on a config directory already written.
+pub fn start_in(
+    dir: tempfile::TempDir,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> crate::common::Gateway {
+    let log = dir.path().join("cong.log");
+    let child = std::process::Command::new(crate::common::CONG)
+        .args(["run", "-c"])
+        .arg(dir.path().join("cong.toml"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start cong");
+    let g = crate::common::Gateway {
+        dir,
+        listen,
+        admin,
+        child: Some(child),
+        log,
+    };
+    g.wait_ready();
+    g
 }
