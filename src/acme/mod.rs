@@ -404,6 +404,13 @@ impl Progress {
     }
 }
 
+/// Challenge answers published during one attempt, withdrawn after it.
+#[derive(Default)]
+struct Published {
+    tokens: Mutex<Vec<String>>,
+    txt: Mutex<Vec<(DnsZone, String, String)>>,
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PendingOrder {
     url: String,
@@ -553,12 +560,17 @@ impl Manager {
         let settings = self.settings();
         let permit = self.permits.acquire().await;
         let had = self.resolver.get(&format!("acme:{}", t.name)).is_some();
+        let published = Published::default();
         let res = tokio::time::timeout(
-            settings.order_timeout + Duration::from_secs(30),
-            self.issue(t, p, &settings),
+            // Validation and certificate polling each have order_timeout; this also bounds the
+            // CA's and the DNS server's network calls.
+            settings.order_timeout * 2 + Duration::from_secs(30),
+            self.issue(t, p, &settings, &published),
         )
         .await
         .unwrap_or_else(|_| Err(Failure::at("order", "timed out")));
+        // Withdrawn whether the attempt finished or was cut off by the timeout.
+        self.withdraw(t, &published).await;
         drop(permit);
         let now = crate::tls::now_unix();
         let ok = res.is_ok();
@@ -709,7 +721,32 @@ impl Manager {
         Ok(())
     }
 
-    async fn issue(&self, t: &Target, p: &Progress, s: &AcmeSettings) -> Result<Loaded, Failure> {
+    async fn withdraw(&self, t: &Target, published: &Published) {
+        let tokens =
+            std::mem::take(&mut *published.tokens.lock().unwrap_or_else(|e| e.into_inner()));
+        for tok in &tokens {
+            self.challenges.remove(tok);
+        }
+        let txt = std::mem::take(&mut *published.txt.lock().unwrap_or_else(|e| e.into_inner()));
+        for (zone, ident, value) in &txt {
+            if let Err(e) = dns01::remove_txt(zone, ident, value).await {
+                events::emit(
+                    Event::new("dns_cleanup_failed", Severity::Warning)
+                        .tenant(&t.name)
+                        .field("name", ident)
+                        .field("error", e),
+                );
+            }
+        }
+    }
+
+    async fn issue(
+        &self,
+        t: &Target,
+        p: &Progress,
+        s: &AcmeSettings,
+        published: &Published,
+    ) -> Result<Loaded, Failure> {
         let ca = s
             .cas
             .iter()
@@ -771,8 +808,6 @@ impl Manager {
             }
         };
 
-        let mut http_tokens = Vec::new();
-        let mut txt_records: Vec<(DnsZone, String, String)> = Vec::new();
         let res = async {
             if matches!(order.state().status, OrderStatus::Pending) {
                 let mut max_propagation = Duration::ZERO;
@@ -802,11 +837,17 @@ impl Manager {
                                 zone.server
                             ),
                         );
+                        // A refused update changed nothing, so only an accepted one is listed
+                        // for clean-up.
                         dns01::add_txt(&zone, &ident, &value)
                             .await
                             .map_err(|e| Failure::at("dns-01", e))?;
                         max_propagation = max_propagation.max(zone.propagation);
-                        txt_records.push((zone, ident.clone(), value));
+                        published
+                            .txt
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((zone, ident.clone(), value));
                         if !max_propagation.is_zero() {
                             tokio::time::sleep(max_propagation).await;
                         }
@@ -819,7 +860,11 @@ impl Manager {
                         })?;
                         self.challenges
                             .insert(&ch.token, ch.key_authorization().as_str());
-                        http_tokens.push(ch.token.clone());
+                        published
+                            .tokens
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(ch.token.clone());
                         p.step(&t.name, format!("http-01 for {ident}"));
                         ch.set_ready()
                             .await
@@ -886,19 +931,6 @@ impl Manager {
         }
         .await;
 
-        for tok in &http_tokens {
-            self.challenges.remove(tok);
-        }
-        for (zone, ident, value) in &txt_records {
-            if let Err(e) = dns01::remove_txt(zone, ident, value).await {
-                events::emit(
-                    Event::new("dns_cleanup_failed", Severity::Warning)
-                        .tenant(&t.name)
-                        .field("name", ident)
-                        .field("error", e),
-                );
-            }
-        }
         let chain = match res {
             Ok(c) => c,
             Err(f) => {
