@@ -5,8 +5,7 @@
 //! `routing` (host/path → tenant/pool), `upstream` (pools, health, DNS), `static_origin`,
 //! `forwarded` (client address, forwarding headers), `pages` (error pages), `admin`,
 //! `tls` (termination, SNI certificates), `certs` (certificate store), `acme` (automatic
-//! certificates),
-//! `config` (file format) and `gateway` (the runtime snapshot built from a config), with
+//! certificates), `config` (file format) and `gateway` (the runtime snapshot built from a config), with
 //! `server` wiring them into pingora.
 
 pub mod acme;
