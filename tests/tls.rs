@@ -146,6 +146,35 @@ fn redirect_hsts_and_sni_host_check() {
     // Tenant b does not ask for the check.
     let r = tls_request(&cl, tls, "a.tinh.test", Some("b.tinh.test"), "/").unwrap();
     assert_eq!(r.status, 200);
+    // Same over HTTP/2, where the host is the :authority of each stream on the connection.
+    let ca_file = g.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let curl = |sni_host: &str, authority: &str| -> String {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--http2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+            ])
+            .arg("--cacert")
+            .arg(&ca_file)
+            .arg("--connect-to")
+            .arg(format!(
+                "{sni_host}:{}:127.0.0.1:{}",
+                tls.port(),
+                tls.port()
+            ))
+            .args(["-H", &format!("Host: {authority}")])
+            .arg(format!("https://{sni_host}:{}/", tls.port()))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl("a.tinh.test", "a.tinh.test"), "200 2");
+    assert_eq!(curl("b.tinh.test", "a.tinh.test"), "421 2");
     drop(g);
 }
 
