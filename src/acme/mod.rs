@@ -976,7 +976,38 @@ impl BackgroundService for Scheduler {
 }
 
 impl Manager {
+    /// Waits (at most 10 s) until a plain listener accepts connections, so the CA's first
+    /// HTTP-01 request cannot arrive before the gateway listens.
+    async fn wait_for_listener(&self) {
+        let Some(addr) = self
+            .gateway
+            .snapshot()
+            .settings
+            .listen
+            .iter()
+            .find(|l| !l.tls)
+            .map(|l| l.addr)
+        else {
+            return;
+        };
+        let mut probe = addr;
+        if probe.ip().is_unspecified() {
+            probe.set_ip(if addr.is_ipv4() {
+                IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            } else {
+                IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            });
+        }
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(probe).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn run(self: &Arc<Self>, shutdown: &mut ShutdownWatch) {
+        self.wait_for_listener().await;
         let mut ticks: u64 = 0;
         loop {
             for t in self.due() {
