@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Installs what building cong needs (cmake and a C compiler for pingora's dependencies) and,
-# with --test, the real programs the test suite starts (curl, BIND's named, promtool,
-# Chromium, Node.js for the accessibility checker, rsyslogd with the TLS driver as the SOC
-# receiver). Debian/Ubuntu; installs only
+# with --test, the real programs the test suite starts (curl; BIND's named and nsupdate for
+# online checks and DNS-01; promtool; Chromium and Node.js for the accessibility checker;
+# rsyslogd with the TLS driver as the SOC receiver; pebble and pebble-challtestsrv as the ACME CA;
+# testssl for the TLS audit; nginx and h2load for the benchmarks). Debian/Ubuntu; installs only
 # what is missing, so it is quick on a machine that already has everything.
 set -euo pipefail
 
 want_bins=(cmake cc)
 want_pkgs=(cmake gcc)
 if [[ "${1:-}" == "--test" ]]; then
-  want_bins+=(curl named promtool chromium node npm rsyslogd)
-  want_pkgs+=(curl bind9 prometheus chromium nodejs npm rsyslog)
+  want_bins+=(curl named nsupdate promtool chromium node npm rsyslogd pebble testssl nginx h2load)
+  want_pkgs+=(curl bind9 bind9-dnsutils prometheus chromium nodejs npm rsyslog pebble testssl.sh nginx nghttp2-client)
 fi
 
+# named and other daemons live in sbin, which is not on every user's PATH.
+PATH="$PATH:/usr/sbin:/sbin"
 missing=()
 for i in "${!want_bins[@]}"; do
   command -v "${want_bins[$i]}" >/dev/null 2>&1 || missing+=("${want_pkgs[$i]}")

@@ -48,6 +48,7 @@ pub struct Tenant {
     pub public: bool,
     /// Usage figures for the reports (kept across reloads for the same id).
     pub usage: Arc<crate::usage::TenantUsage>,
+    pub tls: crate::tls::TenantTls,
 }
 
 impl Tenant {
@@ -72,6 +73,7 @@ impl Tenant {
 pub struct ListenSpec {
     pub addr: SocketAddr,
     pub ipv6_only: bool,
+    pub tls: bool,
 }
 
 /// Process-wide settings that take effect at start.
@@ -90,6 +92,8 @@ pub struct Settings {
     pub watch_config: bool,
     pub state_dir: Option<std::path::PathBuf>,
     pub availability: crate::config::AvailabilityConfig,
+    pub tls: crate::tls::TlsGlobal,
+    pub acme: Arc<crate::acme::AcmeSettings>,
 }
 
 /// An admin API token: who holds it and the SHA-256 of its value.
@@ -137,6 +141,7 @@ impl Snapshot {
             let spec = ListenSpec {
                 addr,
                 ipv6_only: addr.is_ipv6() && l.ipv6_only.unwrap_or(true),
+                tls: l.tls,
             };
             if listen.iter().any(|o| o.addr == addr) {
                 return Err(src.error_at(
@@ -190,6 +195,8 @@ impl Snapshot {
             watch_config: main.server.watch_config,
             state_dir: main.server.state_dir.as_deref().map(|d| cfg.resolve(d)),
             availability: main.availability.clone(),
+            tls: crate::tls::TlsGlobal::from_config(cfg)?,
+            acme: Arc::new(crate::acme::AcmeSettings::from_config(cfg)?),
         };
 
         let mut tenants = Vec::with_capacity(cfg.tenants.len());
@@ -522,6 +529,7 @@ fn build_tenant(src: &SourceFile, t: &TenantConfig, cfg: &Config) -> Result<Tena
         routes: PathRoutes::new(routes),
         error_pages,
         maintenance,
+        tls: crate::tls::TenantTls::from_config(src, t, cfg)?,
     })
 }
 

@@ -4,12 +4,15 @@
 //! `proxy` (one pipeline); each feature lives in its own module and plugs into it:
 //! `routing` (host/path → tenant/pool), `upstream` (pools, health, DNS), `static_origin`,
 //! `forwarded` (client address, forwarding headers), `pages` (error pages), `admin`,
-//! `soc` (event shipping to the SOC and the local archive),
+//! `soc` (event shipping to the SOC and the local archive), `tls` (termination, SNI
+//! certificates), `certs` (certificate store), `acme` (automatic certificates),
 //! `config` (file format) and `gateway` (the runtime snapshot built from a config), with
 //! `server` wiring them into pingora.
 
+pub mod acme;
 pub mod admin;
 pub mod availability;
+pub mod certs;
 pub mod config;
 pub mod events;
 pub mod forwarded;
@@ -27,6 +30,7 @@ pub mod server;
 pub mod soc;
 pub mod static_origin;
 pub mod status_page;
+pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 pub mod usage;

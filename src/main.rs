@@ -72,6 +72,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TenantCmd,
     },
+    /// Certificates: list them, or renew one now.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
     /// Print the version.
     Version,
 }
@@ -189,6 +194,22 @@ enum TenantCmd {
         /// Write the file here instead of the configuration's tenants directory.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Every certificate: name, source, issuer, not-after, days left, next renewal.
+    List {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Renew an ACME-managed certificate now, through the running gateway's admin listener.
+    Renew {
+        /// Tenant id of the certificate.
+        name: String,
+        #[arg(short, long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -464,6 +485,39 @@ fn main() -> ExitCode {
             config,
             out,
         ),
+        Cmd::Certs { cmd } => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+                .init();
+            let (config, renew) = match cmd {
+                CertsCmd::List { config } => (config, None),
+                CertsCmd::Renew { name, config } => (config, Some(name)),
+            };
+            let res = load(config).and_then(|c| {
+                Snapshot::build(&c)
+                    .map(|s| (c, s))
+                    .map_err(|e| e.to_string())
+            });
+            let (_cfg, snap) = match res {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let out = match renew {
+                None => cong::certs::cli::list(&snap).map(|t| {
+                    print!("{t}");
+                }),
+                Some(name) => cong::certs::cli::renew(&snap, &name),
+            };
+            match out {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Run { config, upgrade } => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
                 .format_timestamp_millis()

@@ -67,6 +67,22 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
         crate::soc::start(soc).context("start SOC log shipping")?;
     }
 
+    // Certificates: loaded before any listener accepts, so the first handshake has them.
+    crate::tls::install_crypto_provider();
+    let store: Arc<dyn crate::certs::CertStore> =
+        Arc::new(crate::certs::DirStore::new(settings.tls.cert_dir.clone()));
+    let certs = Arc::new(crate::tls::CertResolver::new(
+        crate::tls::generated_default()?,
+    ));
+    crate::tls::load_all(&gateway.snapshot(), store.as_ref(), &certs);
+    let challenges = Arc::new(crate::acme::Challenges::default());
+    let acme = crate::acme::Manager::new(
+        gateway.clone(),
+        store.clone(),
+        certs.clone(),
+        challenges.clone(),
+    );
+
     let mut conf = ServerConf {
         threads: settings.threads,
         grace_period_seconds: Some(settings.grace_period.as_secs()),
@@ -86,7 +102,7 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Proxy::new(gateway.clone()),
+        Proxy::new(gateway.clone(), certs.clone(), challenges),
         "cong proxy",
     );
     if let Some(app) = proxy.app_logic_mut() {
@@ -95,10 +111,18 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
         app.server_options = Some(opts);
     }
     for l in &settings.listen {
-        proxy.add_tcp_with_settings(&l.addr.to_string(), socket_options(l));
+        if l.tls {
+            let tls = crate::tls::listener_settings(certs.clone())?;
+            proxy.add_tls_with_settings(&l.addr.to_string(), Some(socket_options(l)), tls);
+        } else {
+            proxy.add_tcp_with_settings(&l.addr.to_string(), socket_options(l));
+        }
     }
 
-    let mut admin = Service::new("cong admin".to_string(), AdminApp::new(gateway.clone()));
+    let mut admin = Service::new(
+        "cong admin".to_string(),
+        AdminApp::new(gateway.clone(), Some(acme.clone())),
+    );
     admin.add_tcp(&settings.admin.to_string());
 
     let g = gateway.clone();
@@ -131,6 +155,16 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
     server.add_service(reloader);
     write_pid_file(&settings.pid_file);
     crate::upgrade::notify_systemd_ready();
+    server.add_service(background_service("acme", crate::acme::Scheduler(acme)));
+    server.add_service(background_service(
+        "certificate files",
+        crate::tls::Watcher::new(
+            gateway.clone(),
+            store.clone(),
+            certs.clone(),
+            settings.tls.reload_interval,
+        ),
+    ));
     log::info!(
         "cong {} starting: listen={} admin={} tenants={} config={}",
         env!("CARGO_PKG_VERSION"),

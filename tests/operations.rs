@@ -191,7 +191,7 @@ fn file_changes_are_picked_up_without_a_signal() {
     )
     .unwrap();
     std::fs::rename(tdir.join("t.toml.new"), tdir.join("t.toml")).unwrap();
-    wait_until("watcher reload", Duration::from_secs(4), || {
+    wait_until("watcher reload", Duration::from_secs(8), || {
         g.get("t.gov.vn", "/").backend() == Some("b")
     });
     assert!(g.log_text().contains("trigger=file_change"));

@@ -26,13 +26,16 @@ const MAX_BODY: usize = 64 * 1024;
 
 pub struct AdminApp {
     pub gateway: Arc<Gateway>,
+    /// Certificate renewal on request (`POST /acme/renew/NAME`, used by `cong certs renew`).
+    pub acme: Option<Arc<crate::acme::Manager>>,
     failures: auth::FailureLimiter,
 }
 
 impl AdminApp {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
+    pub fn new(gateway: Arc<Gateway>, acme: Option<Arc<crate::acme::Manager>>) -> Self {
         AdminApp {
             gateway,
+            acme,
             failures: auth::FailureLimiter::default(),
         }
     }
@@ -188,6 +191,21 @@ impl ServeHttp for AdminApp {
                     Err(e) => error(500, &e.to_string()),
                 }
             }
+            (&Method::POST, ["acme", "renew", name]) => match &self.acme {
+                Some(m) => {
+                    let res = m.renew_now(name).await;
+                    audit(
+                        "certificate_renew",
+                        name,
+                        if res.is_ok() { "ok" } else { "failed" },
+                    );
+                    match res {
+                        Ok(lines) => text(200, &(lines.join("\n") + "\n")),
+                        Err(lines) => text(500, &(lines.join("\n") + "\n")),
+                    }
+                }
+                None => error(404, "ACME is not running"),
+            },
             (&Method::GET, ["api", "v1", "tenants"]) => {
                 let list: Vec<Value> = snap
                     .tenants

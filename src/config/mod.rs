@@ -10,11 +10,13 @@ mod error;
 mod model;
 pub mod scaffold;
 mod soc;
+mod tls;
 
 pub use duration::Dur;
 pub use error::{ConfigError, Located};
 pub use model::*;
 pub use soc::*;
+pub use tls::*;
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,7 @@
 //! The TOML schema. Unknown keys are errors everywhere (`deny_unknown_fields`).
 //! Values that need checks beyond their type are `Spanned` so the check can point at them.
 
+use super::tls::{AcmeCaConfig, AcmeConfig, DnsUpdateConfig, TlsConfig};
 use super::Dur;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -32,6 +33,14 @@ pub struct MainConfig {
     pub status_page: StatusPageConfig,
     /// Event shipping to the SOC and the local archive (`[soc]`, `[[soc.sink]]`).
     pub soc: Option<super::SocConfig>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub acme: AcmeConfig,
+    #[serde(default)]
+    pub acme_ca: Vec<AcmeCaConfig>,
+    #[serde(default)]
+    pub dns_update: Vec<DnsUpdateConfig>,
 }
 
 /// `[availability]`: probing every tenant through the gateway.
@@ -190,6 +199,9 @@ pub struct ListenConfig {
     /// For IPv6 addresses: accept only IPv6 (default true, so a separate IPv4 listener on the
     /// same port can coexist). Set false to serve IPv4 too from one `[::]` socket.
     pub ipv6_only: Option<bool>,
+    /// Terminate TLS on this listener (certificates chosen by SNI).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +260,21 @@ pub struct TenantConfig {
     /// Listed on the public status page.
     #[serde(default = "yes")]
     pub public: bool,
+    /// HTTPS: obtain and renew the certificate with ACME (`acme_ca` picks the CA by name).
+    #[serde(default)]
+    pub acme: bool,
+    pub acme_ca: Option<Spanned<String>>,
+    /// HTTPS: operator-provided certificate chain and key (PEM).
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
+    /// HTTPS: 308 from plain HTTP to HTTPS once a certificate exists for the host.
+    #[serde(default)]
+    pub https_redirect: bool,
+    /// HTTPS: `Strict-Transport-Security` value sent on HTTPS responses.
+    pub hsts: Option<Spanned<String>>,
+    /// HTTPS: answer 421 when the Host belongs to another tenant than the TLS SNI.
+    #[serde(default)]
+    pub sni_host_check: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -372,6 +399,7 @@ fn default_listen() -> Vec<ListenConfig> {
         .map(|a| ListenConfig {
             address: Spanned::new(0..0, a.into()),
             ipv6_only: None,
+            tls: false,
         })
         .collect()
 }

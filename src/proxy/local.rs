@@ -27,6 +27,7 @@ pub async fn respond_page(session: &mut Session, ctx: &mut Ctx, status: u16) -> 
     if status == 503 {
         resp.insert_header("Retry-After", "30")?;
     }
+    hsts(ctx, &mut resp)?;
     ctx.local_status = Some(status);
     write(session, resp, body).await?;
     Ok(true)
@@ -97,6 +98,40 @@ pub async fn maintenance(
     Ok(true)
 }
 
+/// Writes a short plain response the gateway decides on its own (ACME token, redirect, 421).
+pub async fn respond_text(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    headers: &[(&'static str, &str)],
+    body: &str,
+) -> Result<bool> {
+    let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
+    resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
+    resp.insert_header("Content-Length", body.len().to_string())?;
+    resp.insert_header("Cache-Control", "no-store")?;
+    resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    for (k, v) in headers {
+        resp.insert_header(*k, *v)?;
+    }
+    hsts(ctx, &mut resp)?;
+    ctx.local_status = Some(status);
+    write(session, resp, Bytes::from(body.to_string())).await?;
+    Ok(true)
+}
+
+/// The tenant's `Strict-Transport-Security`, on HTTPS responses only.
+fn hsts(ctx: &Ctx, resp: &mut ResponseHeader) -> Result<()> {
+    if ctx.tls.is_some() {
+        if let (Some(s), Some(t)) = (&ctx.snapshot, ctx.tenant) {
+            if let Some(v) = &s.tenants[t as usize].tls.hsts {
+                resp.insert_header("Strict-Transport-Security", v.clone())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn write(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Result<()> {
     let head = session.req_header().method == Method::HEAD;
     session.write_response_header(Box::new(resp), head).await?;
@@ -155,6 +190,7 @@ pub async fn serve_static(
         resp.insert_header("Last-Modified", lm)?;
     }
     resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+    hsts(ctx, &mut resp)?;
     ctx.local_status = Some(200);
     write(session, resp, file.body).await?;
     Ok(true)

@@ -1,8 +1,9 @@
 //! The request pipeline: the one `ProxyHttp` implementation, read top to bottom.
 //!
-//! request_filter: identify (request id, real client address) → host → tenant → legacy-name
-//! redirects → maintenance → path → pool → [later steps plug in here: access rules, rate
-//! limits, WAF, cache] → serve locally (static origin) or continue to upstream_peer:
+//! request_filter: identify (request id, real client address, TLS SNI) → ACME HTTP-01 answer →
+//! host → tenant → status page → legacy-name redirects → HTTPS (redirect, SNI/Host check) →
+//! maintenance → path → pool → [later steps plug in here: access rules, rate limits, WAF,
+//! cache] → serve locally (static origin) or continue to upstream_peer:
 //! choose a backend → upstream_request_filter: forwarding headers → response → logging.
 //! Failures map to honest 502/503/504 pages. Each step calls one module's entry point; the
 //! feature modules do not call each other.
@@ -51,6 +52,8 @@ pub struct Ctx {
     /// When the current backend was chosen, and how long its response header took.
     upstream_started: Option<Instant>,
     upstream_ms: Option<u64>,
+    /// The TLS connection this request came on (`None` on plain listeners).
+    pub tls: Option<crate::tls::ConnTls>,
 }
 
 impl Ctx {
@@ -65,14 +68,22 @@ impl Ctx {
 /// The gateway's proxy: owns nothing but a handle to the shared state.
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
+    pub certs: Arc<crate::tls::CertResolver>,
+    pub challenges: Arc<crate::acme::Challenges>,
     /// Statistics of requests for hosts no tenant serves.
     pub unknown_stats: Arc<TenantStats>,
 }
 
 impl Proxy {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        certs: Arc<crate::tls::CertResolver>,
+        challenges: Arc<crate::acme::Challenges>,
+    ) -> Self {
         Proxy {
             gateway,
+            certs,
+            challenges,
             unknown_stats: crate::metrics::tenant_stats(crate::metrics::UNKNOWN_TENANT),
         }
     }
@@ -80,6 +91,13 @@ impl Proxy {
 
 fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn req_path_and_query(req: &RequestHeader) -> String {
+    req.uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into())
 }
 
 /// Host from `:authority` (HTTP/2) or `Host` (HTTP/1).
@@ -114,6 +132,7 @@ impl ProxyHttp for Proxy {
             local_status: None,
             upstream_started: None,
             upstream_ms: None,
+            tls: None,
         }
     }
 
@@ -133,8 +152,16 @@ impl ProxyHttp for Proxy {
             header_str(req, "x-forwarded-for"),
             &snap.trusted,
         );
+        ctx.tls = crate::tls::conn_tls(session);
 
-        // 2. Route: host → tenant.
+        // 2. ACME HTTP-01: answered for every name before anything can redirect or refuse it.
+        if let Some(key_auth) = self.challenges.http01_answer(req.uri.path()) {
+            ctx.host = request_host(req).unwrap_or("").to_string();
+            ctx.snapshot = Some(snap);
+            return local::respond_text(session, ctx, 200, &[], &key_auth).await;
+        }
+
+        // 3. Route: host → tenant.
         let raw_host = request_host(req).unwrap_or("");
         ctx.host = raw_host.to_string();
         let tenant_idx = match normalize_request_host(raw_host) {
@@ -151,12 +178,12 @@ impl ProxyHttp for Proxy {
         };
         ctx.snapshot = Some(snap.clone());
 
-        // 3. The public status page has its own host names.
+        // 4. The public status page has its own host names.
         if tenant_idx.is_none() && snap.status_hosts.contains(&ctx.host) {
             return local::status_page(session, ctx, &self.gateway, &snap).await;
         }
 
-        // 4. Legacy names: redirect before anything else looks at the tenant.
+        // 5. Legacy names: redirect before anything else looks at the tenant.
         if !snap.redirects.is_empty() {
             let pq = session
                 .req_header()
@@ -165,7 +192,9 @@ impl ProxyHttp for Proxy {
                 .map(|p| p.as_str())
                 .unwrap_or("/");
             if let Some((code, location)) = snap.redirects.lookup(&ctx.host, pq) {
-                return local::redirect(session, ctx, code, &format!("http://{location}")).await;
+                let scheme = if ctx.tls.is_some() { "https" } else { "http" };
+                return local::redirect(session, ctx, code, &format!("{scheme}://{location}"))
+                    .await;
             }
         }
         let Some(tenant_idx) = tenant_idx else {
@@ -174,7 +203,33 @@ impl ProxyHttp for Proxy {
         ctx.tenant = Some(tenant_idx);
         let tenant = &snap.tenants[tenant_idx as usize];
 
-        // 5. Planned maintenance.
+        // 6. HTTPS: redirect plain HTTP, refuse a Host that is not the SNI's tenant.
+        let pq = req_path_and_query(session.req_header());
+        match crate::tls::https_step(
+            &snap,
+            tenant_idx,
+            ctx.tls.as_ref(),
+            raw_host,
+            &pq,
+            &self.certs,
+        ) {
+            Some(crate::tls::HttpsAction::Redirect(loc)) => {
+                return local::respond_text(session, ctx, 308, &[("Location", &loc)], "").await;
+            }
+            Some(crate::tls::HttpsAction::Misdirected) => {
+                return local::respond_text(
+                    session,
+                    ctx,
+                    421,
+                    &[],
+                    "421 Misdirected Request: this host is not served on this TLS connection\n",
+                )
+                .await;
+            }
+            None => {}
+        }
+
+        // 7. Planned maintenance.
         let api_windows = self.gateway.maintenance.all();
         if !tenant.maintenance.is_empty() || !api_windows.is_empty() {
             let now = maintenance::now_s();
@@ -185,12 +240,12 @@ impl ProxyHttp for Proxy {
             }
         }
 
-        // 6. Route: path → pool.
+        // 8. Route: path → pool.
         let (pool, strip) = tenant.pool_for(session.req_header().uri.path());
         ctx.pool = Some(pool.clone());
         ctx.strip_prefix = strip;
 
-        // 7. Local origin, or on to a backend.
+        // 9. Local origin, or on to a backend.
         if let PoolKind::Static(origin) = &pool.kind {
             let origin = origin.clone();
             return local::serve_static(session, ctx, &origin).await;
@@ -241,7 +296,7 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let proto = "http";
+        let proto = if ctx.tls.is_some() { "https" } else { "http" };
         let original_host = request_host(session.req_header()).unwrap_or("").to_string();
         let fwd = forwarded::forwarding(
             ctx.peer_ip,
@@ -302,6 +357,13 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        if ctx.tls.is_some() {
+            if let (Some(s), Some(t)) = (&ctx.snapshot, ctx.tenant) {
+                if let Some(v) = &s.tenants[t as usize].tls.hsts {
+                    upstream.insert_header("Strict-Transport-Security", v.clone())?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -425,6 +487,7 @@ impl ProxyHttp for Proxy {
                 tries: ctx.tries,
                 status,
                 error: e.map(|e| e.etype().as_str()),
+                sni: ctx.tls.as_ref().and_then(|t| t.sni.as_deref()),
                 stderr: ctx.snapshot.as_ref().is_none_or(|s| s.settings.access_log),
             },
         );

@@ -123,6 +123,8 @@ pub struct AccessFacts<'a> {
     pub tries: u32,
     pub status: u16,
     pub error: Option<&'static str>,
+    /// Server name the client asked for in the TLS handshake.
+    pub sni: Option<&'a str>,
     /// Also write the operator's access line on standard error.
     pub stderr: bool,
 }
@@ -152,7 +154,7 @@ pub fn access(session: &pingora::proxy::Session, f: AccessFacts) {
     let ev = AccessEvent {
         tenant: f.tenant.to_string(),
         host: f.host.to_string(),
-        sni: None,
+        sni: f.sni.map(str::to_string),
         client_ip: Some(f.client_ip),
         client_port,
         country: "--".into(),

@@ -15,9 +15,25 @@ use std::time::{Duration, Instant};
 pub const CONG: &str = env!("CARGO_BIN_EXE_cong");
 
 /// A free TCP port on the given loopback address.
+///
+/// Ports come from 20000-31999, below the kernel's ephemeral range (32768 and up): a port
+/// picked there could be taken by any outgoing connection between the pick and the bind. Each
+/// test process walks the range from its own starting point.
 pub fn free_port(ip: &str) -> u16 {
-    let l = TcpListener::bind((ip, 0)).expect("bind port 0");
-    l.local_addr().unwrap().port()
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() * 7919) % 12_000;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20_000 + ((start + n) % 12_000) as u16;
+        // Free on both loopback addresses, so a test may use either.
+        let ok = TcpListener::bind((ip, port)).is_ok()
+            && (ip != "127.0.0.1" || TcpListener::bind(("::1", port)).is_ok());
+        if ok {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999");
 }
 
 pub fn free_addr(ip: &str) -> SocketAddr {
