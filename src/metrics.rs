@@ -37,6 +37,14 @@ pub struct Metrics {
     pub maintenance_active: IntGaugeVec,
     pub tenant_up: IntGaugeVec,
     pub probe_duration: HistogramVec,
+    pub cert_not_after: IntGaugeVec,
+    pub log_queue_depth: IntGauge,
+    pub log_spool_bytes: IntGauge,
+    pub log_dropped: IntCounter,
+    pub log_sent: IntCounterVec,
+    pub log_sink_up: IntGaugeVec,
+    /// Last values read from counters kept elsewhere, to turn them into increments.
+    seen: Mutex<HashMap<String, u64>>,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -168,10 +176,95 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &[],
             vec![0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0],
         ),
+        cert_not_after: gauge_vec(
+            &r,
+            "cong_tls_certificate_not_after_seconds",
+            "Expiry (Unix time) of each certificate being served, by certificate name.",
+            &["name"],
+        ),
+        log_queue_depth: {
+            let g = IntGauge::new(
+                "cong_log_queue_depth",
+                "Events waiting in the log pipeline's memory queues.",
+            )
+            .expect("static metric definition");
+            r.register(Box::new(g.clone())).expect("unique metric name");
+            g
+        },
+        log_spool_bytes: {
+            let g = IntGauge::new(
+                "cong_log_spool_bytes",
+                "Bytes of events waiting in the disk spools of log sinks.",
+            )
+            .expect("static metric definition");
+            r.register(Box::new(g.clone())).expect("unique metric name");
+            g
+        },
+        log_dropped: {
+            let c = IntCounter::new(
+                "cong_log_events_dropped_total",
+                "Events the log pipeline had to drop (queue or spool full).",
+            )
+            .expect("static metric definition");
+            r.register(Box::new(c.clone())).expect("unique metric name");
+            c
+        },
+        log_sent: counter_vec(
+            &r,
+            "cong_log_events_sent_total",
+            "Events delivered, by log sink.",
+            &["sink"],
+        ),
+        log_sink_up: gauge_vec(
+            &r,
+            "cong_log_sink_up",
+            "1 while the log sink's destination is reachable.",
+            &["sink"],
+        ),
+        seen: Mutex::new(HashMap::new()),
         tenants,
         registry: r,
     }
 });
+
+/// Adds to `counter` what an external monotonic count gained since the last call.
+fn advance(key: &str, now: u64, counter: &IntCounter) {
+    let m = get();
+    let mut seen = match m.seen.lock() {
+        Ok(s) => s,
+        Err(p) => p.into_inner(),
+    };
+    let last = seen.insert(key.to_string(), now).unwrap_or(0);
+    if now > last {
+        counter.inc_by(now - last);
+    }
+}
+
+/// Reads the log pipeline's counters into the registry (called at scrape time).
+pub fn refresh_log_pipeline() {
+    let Some(c) = crate::soc::counters() else {
+        return;
+    };
+    let m = get();
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut queue = c.queue_depth.load(Relaxed);
+    let mut spool = 0;
+    for (name, s) in &c.sinks {
+        queue += s.queue_depth.load(Relaxed);
+        spool += s.spool_bytes.load(Relaxed);
+        advance(
+            &format!("sent/{name}"),
+            s.sent.load(Relaxed),
+            &m.log_sent.with_label_values(&[name.as_str()]),
+        );
+        m.log_sink_up
+            .with_label_values(&[name.as_str()])
+            .set(i64::from(s.up.load(Relaxed)));
+    }
+    m.log_queue_depth.set(queue as i64);
+    m.log_spool_bytes.set(spool as i64);
+    advance("dropped", c.dropped_total(), &m.log_dropped);
+}
 
 pub fn get() -> &'static Metrics {
     &METRICS

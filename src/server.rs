@@ -121,7 +121,7 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
 
     let mut admin = Service::new(
         "cong admin".to_string(),
-        AdminApp::new(gateway.clone(), Some(acme.clone())),
+        AdminApp::new(gateway.clone(), Some(acme.clone()), Some(certs.clone())),
     );
     admin.add_tcp(&settings.admin.to_string());
 

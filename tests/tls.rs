@@ -87,6 +87,15 @@ fn certificates_by_sni_versions_alpn_resumption_and_headers() {
     wait_until("sni in access log", Duration::from_secs(5), || {
         g.log_text().contains("sni=a.tinh.test")
     });
+    // Certificate expiry is exported for the expiry alert.
+    let m = request(admin, "GET", Some("admin"), "/metrics", &[], "")
+        .unwrap()
+        .body;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("cong_tls_certificate_not_after_seconds{name=\"tenant:a\"} ")),
+        "{m}"
+    );
 }
 
 #[test]

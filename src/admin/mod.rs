@@ -28,14 +28,21 @@ pub struct AdminApp {
     pub gateway: Arc<Gateway>,
     /// Certificate renewal on request (`POST /acme/renew/NAME`, used by `cong certs renew`).
     pub acme: Option<Arc<crate::acme::Manager>>,
+    /// The certificates being served (for their expiry in `/metrics`).
+    pub certs: Option<Arc<crate::tls::CertResolver>>,
     failures: auth::FailureLimiter,
 }
 
 impl AdminApp {
-    pub fn new(gateway: Arc<Gateway>, acme: Option<Arc<crate::acme::Manager>>) -> Self {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        acme: Option<Arc<crate::acme::Manager>>,
+        certs: Option<Arc<crate::tls::CertResolver>>,
+    ) -> Self {
         AdminApp {
             gateway,
             acme,
+            certs,
             failures: auth::FailureLimiter::default(),
         }
     }
@@ -94,6 +101,16 @@ impl ServeHttp for AdminApp {
             "/healthz" => return text(200, "ok\n"),
             "/metrics" => {
                 refresh_gauges(&self.gateway);
+                crate::metrics::refresh_log_pipeline();
+                if let Some(c) = &self.certs {
+                    let m = crate::metrics::get();
+                    m.cert_not_after.reset();
+                    for (name, l) in c.entries() {
+                        m.cert_not_after
+                            .with_label_values(&[name.as_str()])
+                            .set(l.info.not_after);
+                    }
+                }
                 return respond(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
