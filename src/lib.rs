@@ -12,6 +12,7 @@
 pub mod acme;
 pub mod admin;
 pub mod availability;
+pub mod calendar;
 pub mod certs;
 pub mod config;
 pub mod events;

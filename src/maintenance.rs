@@ -4,6 +4,7 @@
 //! restore time. This module owns the window model, time parsing and the page; it does not
 //! route requests or talk to backends.
 
+pub use crate::calendar::days_from_civil;
 use crate::pages::html_escape;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
@@ -130,17 +131,6 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
         _ => return Err(bad()),
     };
     Ok(days_from_civil(y, mo as u32, d as u32) * 86400 + h * 3600 + mi * 60 + se - offset)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
 }
 
 /// Windows created through the admin API, persisted in the state directory.

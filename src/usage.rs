@@ -127,14 +127,7 @@ pub fn estimate(regs: &[u8]) -> u64 {
 
 /// `YYYY-MM` of a timestamp.
 pub fn month_of(t: i64) -> String {
-    let days = t.div_euclid(86_400) + 719_468;
-    let era = days.div_euclid(146_097);
-    let doe = days.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, _) = crate::calendar::civil_from_days(t.div_euclid(86_400));
     format!("{y:04}-{m:02}")
 }
 

@@ -67,6 +67,8 @@ pub fn encode_syslog(fmt: SinkFormat, r: &Record, cx: &Context) -> String {
     }
 }
 
+pub use crate::calendar::{civil_from_days, days_from_civil};
+
 // ---------------------------------------------------------------------------------------------
 // Time
 
@@ -95,31 +97,6 @@ pub fn timestamp(ms: i64, offset_min: i32) -> String {
 /// The calendar date (local to the offset) of a time, as `YYYY-MM-DD`.
 pub fn date(ms: i64, offset_min: i32) -> (i64, u32, u32) {
     civil_from_days((ms + offset_min as i64 * 60_000).div_euclid(86_400_000))
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// (year, month, day) → days since 1970-01-01.
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 // ---------------------------------------------------------------------------------------------
