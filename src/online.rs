@@ -29,6 +29,8 @@ pub struct HostReport {
     pub a: Vec<String>,
     pub aaaa: Vec<String>,
     pub caa: String,
+    /// Days left on the certificate served for this host (`None`: no HTTPS for this tenant).
+    pub cert_days_left: Option<i64>,
     pub problems: Vec<String>,
 }
 
@@ -68,13 +70,34 @@ fn resolver(server: Option<SocketAddr>) -> TokioAsyncResolver {
 /// Runs every check; `server` overrides the system resolver.
 pub async fn run(snap: &Snapshot, expect: &Expect, server: Option<SocketAddr>) -> Report {
     let r = resolver(server);
+    let certs = served_certificates(snap);
+    let now = crate::maintenance::now_s();
     let mut hosts = Vec::new();
     for t in &snap.tenants {
         for h in &t.hosts {
             if h.starts_with("*.") {
                 continue;
             }
-            hosts.push(check_host(&r, &t.id, h, expect).await);
+            let mut report = check_host(&r, &t.id, h, expect).await;
+            if t.tls.acme || t.tls.cert.is_some() {
+                match certs.iter().find(|c| covers(&c.names, h)) {
+                    Some(c) => {
+                        let days = (c.not_after - now).div_euclid(86_400);
+                        report.cert_days_left = Some(days);
+                        if days < 0 {
+                            report.problems.push("certificate expired".into());
+                        } else if days < 14 {
+                            report
+                                .problems
+                                .push(format!("certificate expires in {days} days"));
+                        }
+                    }
+                    None => report
+                        .problems
+                        .push("no certificate for this name yet".into()),
+                }
+            }
+            hosts.push(report);
         }
     }
     let mut backends = Vec::new();
@@ -163,8 +186,30 @@ async fn check_host(
         a: a.iter().map(|i| i.to_string()).collect(),
         aaaa: aaaa.iter().map(|i| i.to_string()).collect(),
         caa,
+        cert_days_left: None,
         problems,
     }
+}
+
+/// Certificates the gateway would serve, read from its certificate store.
+fn served_certificates(snap: &Snapshot) -> Vec<crate::tls::CertInfo> {
+    crate::tls::install_crypto_provider();
+    let store = crate::certs::DirStore::new(snap.settings.tls.cert_dir.clone());
+    let Ok(default) = crate::tls::generated_default() else {
+        return Vec::new();
+    };
+    let resolver = crate::tls::CertResolver::new(default);
+    crate::tls::load_all(snap, &store, &resolver);
+    resolver.entries().into_values().map(|l| l.info).collect()
+}
+
+/// Whether a certificate's names cover a host (exact, or a wildcard one label up).
+fn covers(names: &[String], host: &str) -> bool {
+    names.iter().any(|n| {
+        n == host
+            || n.strip_prefix("*.")
+                .is_some_and(|suffix| host.split_once('.').is_some_and(|(_, rest)| rest == suffix))
+    })
 }
 
 /// The relevant CAA set (RFC 8659: the closest name up the tree that has one) as issuer names.
@@ -262,17 +307,20 @@ async fn check_backend(
 pub fn render_text(r: &Report) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{:<20} {:<40} {:<4} {:<4} {:<22} {}\n",
-        "TENANT", "HOST", "A", "AAAA", "CAA", "RESULT"
+        "{:<20} {:<40} {:<4} {:<4} {:<22} {:<9} {}\n",
+        "TENANT", "HOST", "A", "AAAA", "CAA", "CERT DAYS", "RESULT"
     ));
     for h in &r.hosts {
         out.push_str(&format!(
-            "{:<20} {:<40} {:<4} {:<4} {:<22} {}\n",
+            "{:<20} {:<40} {:<4} {:<4} {:<22} {:<9} {}\n",
             h.tenant,
             h.host,
             h.a.len(),
             h.aaaa.len(),
             h.caa,
+            h.cert_days_left
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "-".into()),
             if h.problems.is_empty() {
                 "ok".to_string()
             } else {

@@ -89,12 +89,43 @@ fn online_check_reports_dns_caa_and_backends() {
          nov6 IN A 203.0.113.10\n\
          wrong IN A 198.51.100.99\nwrong IN AAAA 2001:db8::10\n\
          caa IN A 203.0.113.10\ncaa IN AAAA 2001:db8::10\ncaa IN CAA 0 issue \"other-ca.example\"\n\
+         soon IN A 203.0.113.10\nsoon IN AAAA 2001:db8::10\n\
          @ IN CAA 0 issue \"letsencrypt.org\"\n",
     );
     let up = Backend::start("up", "127.0.0.1");
     let down = free_addr("127.0.0.1");
     let main = "[[listen]]\naddress = \"127.0.0.1:18080\"\n\n[check]\npublic_addresses = [\"203.0.113.10\", \"2001:db8::10\"]\ncaa_issuers = [\"letsencrypt.org\"]\n";
-    let t1 = tenant("good", &["good.tinh.gov.vn"], &[up.addr], "");
+    // Operator certificates: one valid for years, one expiring in five days.
+    let certs = tempfile::tempdir().unwrap();
+    let write_cert = |name: &str, host: &str, days: i64| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+        let now = std::time::SystemTime::now();
+        p.not_before = (now - Duration::from_secs(86_400)).into();
+        p.not_after = (now + Duration::from_secs(days as u64 * 86_400)).into();
+        let cert = p.self_signed(&key).unwrap();
+        let (c, k) = (
+            certs.path().join(format!("{name}.crt")),
+            certs.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            c.display(),
+            k.display()
+        )
+    };
+    let with_cert =
+        |t: String, keys: String| t.replacen("\n\n[pools", &format!("\n{keys}\n[pools"), 1);
+    let t1 = with_cert(
+        tenant("good", &["good.tinh.gov.vn"], &[up.addr], ""),
+        write_cert("good", "good.tinh.gov.vn", 400),
+    );
+    let t3 = with_cert(
+        tenant("soon", &["soon.tinh.gov.vn"], &[up.addr], ""),
+        write_cert("soon", "soon.tinh.gov.vn", 5),
+    );
     let t2 = tenant(
         "bad",
         &[
@@ -107,7 +138,11 @@ fn online_check_reports_dns_caa_and_backends() {
         "",
     );
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), main, &[("good.toml", &t1), ("bad.toml", &t2)]);
+    write_config(
+        dir.path(),
+        main,
+        &[("good.toml", &t1), ("bad.toml", &t2), ("soon.toml", &t3)],
+    );
     let run = |json: bool| {
         let mut c = Command::new(CONG);
         c.args([
@@ -138,6 +173,13 @@ fn online_check_reports_dns_caa_and_backends() {
     let good = host("good.tinh.gov.vn");
     assert_eq!(good["problems"].as_array().unwrap().len(), 0, "{good}");
     assert_eq!(good["caa"], "allows (tinh.gov.vn)");
+    assert!(good["cert_days_left"].as_i64().unwrap() > 390, "{good}");
+    let soon = host("soon.tinh.gov.vn");
+    assert!(has_problem(&soon, "certificate expires in"), "{soon}");
+    assert!(
+        host("nov6.tinh.gov.vn")["cert_days_left"].is_null(),
+        "no HTTPS configured there"
+    );
     assert!(
         has_problem(&host("nov6.tinh.gov.vn"), "no AAAA"),
         "{}",
