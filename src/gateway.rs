@@ -81,6 +81,8 @@ pub struct ListenSpec {
 pub struct Settings {
     pub listen: Vec<ListenSpec>,
     pub admin: SocketAddr,
+    /// TLS for the admin listener: certificate, key, and the client CA when mutual TLS.
+    pub admin_tls: Option<AdminTls>,
     pub threads: usize,
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
@@ -94,6 +96,14 @@ pub struct Settings {
     pub availability: crate::config::AvailabilityConfig,
     pub tls: crate::tls::TlsGlobal,
     pub acme: Arc<crate::acme::AcmeSettings>,
+}
+
+/// Files of the admin listener's TLS (checked to be readable and valid at build).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    pub cert: String,
+    pub key: String,
+    pub client_ca: Option<String>,
 }
 
 /// An admin API token: who holds it and the SHA-256 of its value.
@@ -174,9 +184,11 @@ impl Snapshot {
                 })?,
             );
         }
+        let admin_tls = admin_tls(cfg)?;
         let settings = Settings {
             listen,
             admin,
+            admin_tls,
             threads: main
                 .server
                 .threads
@@ -328,6 +340,58 @@ impl Snapshot {
             .flat_map(|t| t.pools.iter().cloned())
             .collect()
     }
+}
+
+/// `[admin] tls_cert`, `tls_key`, `client_ca`: all files read and checked now, so a mistake is a
+/// configuration error and not a listener that never comes up.
+fn admin_tls(cfg: &Config) -> Result<Option<AdminTls>, ConfigError> {
+    let src = &cfg.main_source;
+    let a = &cfg.main.admin;
+    let (cert, key) = match (&a.tls_cert, &a.tls_key) {
+        (None, None) => {
+            if let Some(ca) = &a.client_ca {
+                return Err(src.error_at(
+                    ca.span(),
+                    "admin.client_ca",
+                    "needs admin.tls_cert and admin.tls_key",
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(c), Some(k)) => (c, k),
+        (Some(c), None) => {
+            return Err(src.error_at(
+                c.span(),
+                "admin.tls_key",
+                "admin.tls_cert needs admin.tls_key",
+            ))
+        }
+        (None, Some(k)) => {
+            return Err(src.error_at(
+                k.span(),
+                "admin.tls_cert",
+                "admin.tls_key needs admin.tls_cert",
+            ))
+        }
+    };
+    let cert_path = cfg.resolve(cert.get_ref());
+    let key_path = cfg.resolve(key.get_ref());
+    crate::tls::load_pair(&cert_path, &key_path)
+        .map_err(|e| src.error_at(cert.span(), "admin.tls_cert", e.to_string()))?;
+    let client_ca = match &a.client_ca {
+        Some(ca) => {
+            let p = cfg.resolve(ca.get_ref());
+            crate::upstream::tls::read_pem_certs(&p)
+                .map_err(|e| src.error_at(ca.span(), "admin.client_ca", e))?;
+            Some(p.display().to_string())
+        }
+        None => None,
+    };
+    Ok(Some(AdminTls {
+        cert: cert_path.display().to_string(),
+        key: key_path.display().to_string(),
+        client_ca,
+    }))
 }
 
 fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
@@ -705,8 +769,8 @@ impl Settings {
         if self.listen != next.listen {
             v.push("listen".to_string());
         }
-        if self.admin != next.admin {
-            v.push("admin.address".to_string());
+        if self.admin != next.admin || self.admin_tls != next.admin_tls {
+            v.push("admin.address/tls".to_string());
         }
         if self.threads != next.threads {
             v.push("server.threads".to_string());

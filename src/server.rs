@@ -123,7 +123,13 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
         "cong admin".to_string(),
         AdminApp::new(gateway.clone(), Some(acme.clone()), Some(certs.clone())),
     );
-    admin.add_tcp(&settings.admin.to_string());
+    match &settings.admin_tls {
+        Some(t) => {
+            let tls = admin_tls_settings(t)?;
+            admin.add_tls_with_settings(&settings.admin.to_string(), None, tls);
+        }
+        None => admin.add_tcp(&settings.admin.to_string()),
+    }
 
     let g = gateway.clone();
     let maintainer = background_service(
@@ -182,6 +188,30 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
     // Requests have stopped: hand what is still queued to the sinks (and their spools).
     crate::soc::shutdown(settings.shutdown_timeout);
     std::process::exit(0)
+}
+
+/// TLS for the admin listener; with `client_ca`, clients must present a certificate it signed.
+fn admin_tls_settings(
+    t: &crate::gateway::AdminTls,
+) -> anyhow::Result<pingora::listeners::tls::TlsSettings> {
+    let mut tls = pingora::listeners::tls::TlsSettings::intermediate(&t.cert, &t.key)
+        .map_err(|e| anyhow::anyhow!("admin TLS: {e}"))?;
+    if let Some(ca) = &t.client_ca {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in crate::upstream::tls::read_pem_certs(std::path::Path::new(ca))
+            .map_err(|e| anyhow::anyhow!(e))?
+        {
+            roots.add(c).context("admin client CA")?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .context("admin client certificate verifier")?;
+        tls.set_client_cert_verifier(verifier);
+    }
+    Ok(tls)
 }
 
 /// Writes our PID where `server.pid_file` says (an upgraded process overwrites its

@@ -608,3 +608,82 @@ fn tenant_new_writes_a_checked_file() {
     assert!(!ok);
     assert!(out.contains("exists already"), "{out}");
 }
+
+#[test]
+fn admin_listener_with_mutual_tls() {
+    let a = Backend::start("a", "127.0.0.1");
+    let listen = free_addr("127.0.0.1");
+    let admin = free_addr("127.0.0.1");
+    let pki = tempfile::tempdir().unwrap();
+    let (server_ca, chain, key) = test_pki(&["admin.cong.test"]);
+    let (client_ca, client_chain, client_key) = test_pki(&["ops-laptop"]);
+    let (_, stranger_chain, stranger_key) = test_pki(&["stranger"]);
+    let w = |n: &str, t: &str| {
+        let p = pki.path().join(n);
+        std::fs::write(&p, t).unwrap();
+        p.display().to_string()
+    };
+    let (sca, crt, k, cca) = (
+        w("server-ca.pem", &server_ca),
+        w("admin.crt", &chain),
+        w("admin.key", &key),
+        w("client-ca.pem", &client_ca),
+    );
+    let (ccrt, ckey) = (w("client.crt", &client_chain), w("client.key", &client_key));
+    let (scrt, skey) = (
+        w("stranger.crt", &stranger_chain),
+        w("stranger.key", &stranger_key),
+    );
+    let main = main_config(listen, admin, "", "")
+        .replace("max_auth_failures = 3\n", &format!("max_auth_failures = 3\ntls_cert = \"{crt}\"\ntls_key = \"{k}\"\nclient_ca = \"{cca}\"\n"));
+    let g = Gateway::spawn(
+        &main,
+        &[("t.toml", &tenant("t", &["t.gov.vn"], &[a.addr], ""))],
+        listen,
+        admin,
+    );
+    let curl = |cert: Option<(&str, &str)>, path: &str| {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            "--cacert",
+            &sca,
+        ])
+        .args([
+            "--resolve",
+            &format!("admin.cong.test:{}:127.0.0.1", admin.port()),
+        ])
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
+        if let Some((crt, key)) = cert {
+            c.args(["--cert", crt, "--key", key]);
+        }
+        c.arg(format!("https://admin.cong.test:{}{path}", admin.port()));
+        String::from_utf8_lossy(&c.output().unwrap().stdout).to_string()
+    };
+    wait_until("admin over mutual TLS", Duration::from_secs(20), || {
+        curl(Some((&ccrt, &ckey)), "/readyz") == "200"
+    });
+    assert_eq!(curl(Some((&ccrt, &ckey)), "/api/v1/tenants"), "200");
+    // No client certificate, or one from another CA: no HTTP at all.
+    assert_eq!(curl(None, "/healthz"), "000");
+    assert_eq!(curl(Some((&scrt, &skey)), "/healthz"), "000");
+    assert_eq!(g.get("t.gov.vn", "/").status, 200);
+    // Half a TLS setup is a configuration error naming the key.
+    let (ok, out, _d) = check(
+        &main_config(listen, admin, "", "").replace(
+            "max_auth_failures = 3\n",
+            &format!("max_auth_failures = 3\nclient_ca = \"{cca}\"\n"),
+        ),
+        &[],
+    );
+    assert!(
+        !ok && out.contains("`admin.client_ca`: needs admin.tls_cert"),
+        "{out}"
+    );
+}

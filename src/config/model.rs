@@ -216,6 +216,11 @@ pub struct AdminConfig {
     /// Failed authentications from one address per minute before it gets 429.
     #[serde(default = "default_auth_failures")]
     pub max_auth_failures: u32,
+    /// Serve the admin listener over TLS with this certificate chain and key (PEM).
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
+    /// With TLS: require a client certificate signed by one of these CAs (PEM): mutual TLS.
+    pub client_ca: Option<Spanned<String>>,
 }
 
 impl Default for AdminConfig {
@@ -223,6 +228,9 @@ impl Default for AdminConfig {
         AdminConfig {
             address: default_admin(),
             token: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
             max_auth_failures: default_auth_failures(),
         }
     }
