@@ -5,14 +5,18 @@
 //! `routing` (host/path → tenant/pool), `upstream` (pools, health, DNS), `static_origin`,
 //! `forwarded` (client address, forwarding headers), `pages` (error pages), `admin`,
 //! `config` (file format) and `gateway` (the runtime snapshot built from a config), with
-//! `server` wiring them into pingora.
+//! `server` wiring them into pingora. `access` (operator rules), `geoip` and `limits` (rate
+//! limits, bans, connection protection) guard the pipeline's first steps.
 
+pub mod access;
 pub mod admin;
 pub mod availability;
 pub mod config;
 pub mod events;
 pub mod forwarded;
 pub mod gateway;
+pub mod geoip;
+pub mod limits;
 pub mod maintenance;
 pub mod metrics;
 pub mod online;

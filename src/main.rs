@@ -72,8 +72,30 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TenantCmd,
     },
+    /// Bans of a running gateway (through its admin API).
+    Bans {
+        #[command(subcommand)]
+        cmd: BansCmd,
+        /// Admin API address. Default: admin.address of the configuration.
+        #[arg(long, global = true)]
+        admin: Option<std::net::SocketAddr>,
+        /// Configuration to read admin.address from.
+        #[arg(short, long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum BansCmd {
+    /// List active bans. The token is read from CONG_ADMIN_TOKEN.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift the ban on an address or prefix as listed (e.g. 2001:db8:1:2::/64).
+    Lift { key: String },
 }
 
 #[derive(Subcommand)]
@@ -298,6 +320,7 @@ fn main() -> ExitCode {
             println!("cong {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Cmd::Bans { cmd, admin, config } => bans(cmd, admin, config),
         Cmd::Check {
             config,
             online,
@@ -397,6 +420,38 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn bans(cmd: BansCmd, admin: Option<std::net::SocketAddr>, config: Option<PathBuf>) -> ExitCode {
+    let admin = match admin {
+        Some(a) => a,
+        None => match load(config).and_then(|c| {
+            c.main
+                .admin
+                .address
+                .get_ref()
+                .parse()
+                .map_err(|_| "admin.address is not IP:PORT".to_string())
+        }) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let token = std::env::var("CONG_ADMIN_TOKEN").unwrap_or_default();
+    let res = match cmd {
+        BansCmd::List { json } => cong::limits::cli::list(admin, &token, json),
+        BansCmd::Lift { key } => cong::limits::cli::lift(admin, &token, &key),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
     }
 }

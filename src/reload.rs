@@ -27,9 +27,19 @@ pub fn config_fingerprint(main: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)
         }
     };
     add(main.to_path_buf());
-    let dir_name = std::fs::read_to_string(main)
+    let table = std::fs::read_to_string(main)
         .ok()
-        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+        .and_then(|t| toml::from_str::<toml::Table>(&t).ok());
+    // The GeoIP database is part of the configuration: a new file means a reload.
+    if let Some(db) = table.as_ref().and_then(|t| {
+        t.get("access")?
+            .get("geoip_db")?
+            .as_str()
+            .map(str::to_string)
+    }) {
+        add(main.parent().unwrap_or(Path::new(".")).join(db));
+    }
+    let dir_name = table
         .and_then(|t| {
             t.get("server")
                 .and_then(|s| s.get("tenants_dir"))

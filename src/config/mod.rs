@@ -5,11 +5,13 @@
 //! Every error names the file, line, column and key. This module only parses and validates;
 //! it builds no runtime state (that is `gateway::Snapshot::build`) and must not touch sockets.
 
+mod access;
 mod duration;
 mod error;
 mod model;
 pub mod scaffold;
 
+pub use access::*;
 pub use duration::Dur;
 pub use error::{ConfigError, Located};
 pub use model::*;

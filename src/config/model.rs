@@ -30,6 +30,14 @@ pub struct MainConfig {
     pub availability: AvailabilityConfig,
     #[serde(default)]
     pub status_page: StatusPageConfig,
+    #[serde(default)]
+    pub access: super::AccessConfig,
+    #[serde(default)]
+    pub limits: super::LimitsConfig,
+    #[serde(default)]
+    pub bans: super::BansConfig,
+    #[serde(default)]
+    pub connections: super::ConnectionsConfig,
 }
 
 /// `[availability]`: probing every tenant through the gateway.
@@ -246,6 +254,11 @@ pub struct TenantConfig {
     /// Listed on the public status page.
     #[serde(default = "yes")]
     pub public: bool,
+    /// Access rules of this tenant, applied after the global ones.
+    #[serde(default)]
+    pub access: super::AccessConfig,
+    #[serde(default)]
+    pub limits: super::TenantLimitsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
