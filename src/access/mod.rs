@@ -52,7 +52,7 @@ struct Rule {
     deny_nets: Vec<IpNet>,
     deny_countries: Vec<Country>,
     methods: Vec<String>,
-    user_agents: Option<regex::RegexSet>,
+    user_agents: Option<Arc<regex::RegexSet>>,
     max_uri_length: Option<usize>,
     max_headers: Option<usize>,
     max_header_bytes: Option<usize>,
@@ -116,7 +116,7 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     /// Rules without paths, or whose patterns start with a wildcard.
     everywhere: Vec<u32>,
-    by_first: HashMap<Box<str>, Vec<u32>>,
+    by_first: HashMap<Box<str>, Vec<u32>, crate::limits::table::FastBuild>,
 }
 
 impl RuleSet {
@@ -266,7 +266,7 @@ impl RuleSet {
             let user_agents = if patterns.is_empty() {
                 None
             } else {
-                Some(regex::RegexSet::new(&patterns).map_err(|e| {
+                Some(shared_regex_set(patterns).map_err(|e| {
                     src.error_at(rc.name.span(), k("deny_user_agents"), e.to_string())
                 })?)
             };
@@ -320,6 +320,23 @@ impl RuleSet {
         }
         Ok(set)
     }
+}
+
+/// Compiled user-agent pattern lists, shared by every rule (and tenant) with the same list:
+/// tenants often copy one list, and one compiled set keeps memory and CPU caches small.
+fn shared_regex_set(patterns: Vec<String>) -> Result<Arc<regex::RegexSet>, regex::Error> {
+    type Cache = HashMap<Vec<String>, std::sync::Weak<regex::RegexSet>>;
+    static CACHE: std::sync::LazyLock<std::sync::Mutex<Cache>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut c = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(set) = c.get(&patterns).and_then(|w| w.upgrade()) {
+        return Ok(set);
+    }
+    let set = Arc::new(regex::RegexSet::new(&patterns)?);
+    // Forget sets no configuration uses any more, so reloads do not accumulate them.
+    c.retain(|_, w| w.strong_count() > 0);
+    c.insert(patterns, Arc::downgrade(&set));
+    Ok(set)
 }
 
 /// CIDRs of one list; duplicates and one network inside another are errors.

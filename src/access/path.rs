@@ -67,6 +67,17 @@ impl PathPattern {
 /// Lower-cased, percent-decoded path with empty, `.` and `..` segments resolved and `;params`
 /// removed.
 pub fn normalize(raw: &str) -> String {
+    // Most paths are already normal: one copy, no decoding.
+    let plain = raw.starts_with('/')
+        && !raw.ends_with('/')
+        && !raw.contains("//")
+        && !raw.contains("/.")
+        && !raw
+            .bytes()
+            .any(|b| matches!(b, b'%' | b';' | b'\\') || b.is_ascii_uppercase() || !b.is_ascii());
+    if plain {
+        return raw.to_string();
+    }
     let decoded = percent_decode(raw);
     let lower = decoded.to_lowercase();
     let mut out: Vec<&str> = Vec::new();

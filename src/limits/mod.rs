@@ -308,9 +308,14 @@ pub fn check(s: &Settings, t: &TenantLimits, ip: IpAddr, norm_path: &str) -> Opt
     }
     let client = s.key(ip);
     let now = now_ns();
-    let segs = path::segments(norm_path);
+    let mut segs: Option<Vec<&str>> = None;
     for l in &t.limits {
-        if !l.paths.is_empty() && !l.paths.iter().any(|p| p.matches(&segs)) {
+        if !l.paths.is_empty()
+            && !l
+                .paths
+                .iter()
+                .any(|p| p.matches(segs.get_or_insert_with(|| path::segments(norm_path))))
+        {
             continue;
         }
         let key = match l.key {

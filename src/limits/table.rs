@@ -5,16 +5,60 @@
 //! each entry costs the key, the value and about 48 bytes of list and hash overhead.
 
 use lru::LruCache;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
 
 /// Shards spread lock contention over the worker threads.
 pub const SHARDS: usize = 64;
 
+/// A fast multiplicative hasher for keys of fixed-size integers. Keys come from client
+/// addresses, so a per-process random seed keeps an attacker from aiming at one shard or chain.
+#[derive(Clone, Copy)]
+pub struct FastHasher(u64);
+
+static SEED: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| fastrand::u64(..) | 1);
+
+impl Default for FastHasher {
+    fn default() -> Self {
+        FastHasher(*SEED)
+    }
+}
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.write_u64(v as u64);
+        self.write_u64((v >> 64) as u64);
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn finish(&self) -> u64 {
+        // Final mix so the low bits (shard index, bucket) depend on every input bit.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^ (h >> 33)
+    }
+}
+
+pub type FastBuild = BuildHasherDefault<FastHasher>;
+
 pub struct Table<K: Hash + Eq, V> {
-    shards: Vec<Mutex<LruCache<K, V>>>,
+    shards: Vec<Mutex<LruCache<K, V, FastBuild>>>,
 }
 
 fn per_shard(capacity: usize) -> NonZeroUsize {
@@ -25,14 +69,17 @@ impl<K: Hash + Eq + Clone, V> Table<K, V> {
     pub fn new(capacity: usize) -> Self {
         let n = per_shard(capacity);
         Table {
-            shards: (0..SHARDS).map(|_| Mutex::new(LruCache::new(n))).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(LruCache::with_hasher(n, FastBuild::default())))
+                .collect(),
         }
     }
 
-    fn shard(&self, k: &K) -> std::sync::MutexGuard<'_, LruCache<K, V>> {
-        let mut h = DefaultHasher::new();
+    fn shard(&self, k: &K) -> std::sync::MutexGuard<'_, LruCache<K, V, FastBuild>> {
+        let mut h = FastHasher::default();
         k.hash(&mut h);
-        let m = &self.shards[(h.finish() as usize) % SHARDS];
+        // High bits pick the shard; the map inside uses the low ones.
+        let m = &self.shards[((h.finish() >> 40) as usize) % SHARDS];
         // A panic while holding the lock leaves plain data behind: keep using it.
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
