@@ -290,3 +290,48 @@ fn a_new_geoip_database_is_picked_up_without_restart() {
     );
     assert_eq!(with_xff(&g, "/", "192.0.2.1").status, 403);
 }
+
+#[test]
+fn body_limits_apply_with_and_without_content_length() {
+    use std::io::{Read, Write};
+    let b = Backend::start("portal", "127.0.0.1");
+    let listen = free_addr("127.0.0.1");
+    let admin = free_addr("127.0.0.1");
+    let cfg = base_config(listen, admin, "");
+    let t = tenant("t", &["t.gov.vn"], &[b.addr], "")
+        + "\n[[access.rule]]\nname = \"small-forms\"\npaths = [\"/form/**\"]\nmax_body_bytes = 100\n";
+    let g = Gateway::start(&cfg, &[("t.toml", &t)], listen, admin);
+    let big = "x".repeat(300);
+    let r = request(listen, "POST", Some("t.gov.vn"), "/form/a", &[], &big).unwrap();
+    assert_eq!(r.status, 413);
+    assert_eq!(
+        request(listen, "POST", Some("t.gov.vn"), "/form/a", &[], "a=1")
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        request(listen, "POST", Some("t.gov.vn"), "/other", &[], &big)
+            .unwrap()
+            .status,
+        200
+    );
+    let chunked = |body: &str| -> String {
+        let mut s = std::net::TcpStream::connect(listen).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let req = format!(
+            "POST /form/a HTTP/1.1\r\nHost: t.gov.vn\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    assert!(chunked(&big).starts_with("HTTP/1.1 413"));
+    assert!(chunked("a=1").starts_with("HTTP/1.1 200"));
+    wait_until("body_size event", std::time::Duration::from_secs(5), || {
+        g.log_text().contains("rule=small-forms reason=body_size")
+    });
+}

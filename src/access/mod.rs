@@ -426,8 +426,39 @@ impl Global {
     }
 }
 
-/// The access step of the pipeline: `Some(status)` when the request must be refused. Counts
-/// the refusal and emits the event.
+/// A body limit to enforce while the body streams in (it came without `Content-Length`).
+#[derive(Debug, Clone)]
+pub struct BodyLimit {
+    pub max: u64,
+    pub rule: Arc<str>,
+}
+
+impl BodyLimit {
+    /// True (with the refusal counted and emitted) once `seen` bytes exceed the limit.
+    pub fn exceeded(&self, seen: u64, tenant: &str, ip: IpAddr, country: Country) -> bool {
+        if seen <= self.max {
+            return false;
+        }
+        crate::metrics::get()
+            .access_denied
+            .with_label_values(&[tenant, &self.rule])
+            .inc();
+        emit(
+            Event::new("access_denied", Severity::Notice)
+                .tenant(tenant)
+                .field("rule", &self.rule)
+                .field("reason", "body_size")
+                .field("client_ip", ip)
+                .field("country", country)
+                .field("status", 413),
+        );
+        true
+    }
+}
+
+/// The access step of the pipeline: `Err(status)` when the request must be refused (the
+/// refusal is counted and emitted); `Ok(Some(limit))` when its body, sent without a length,
+/// must stay under a rule's `max_body_bytes`.
 #[allow(clippy::too_many_arguments)]
 pub fn enforce(
     g: &Global,
@@ -437,9 +468,9 @@ pub fn enforce(
     ip: IpAddr,
     country: Country,
     norm_path: &str,
-) -> Option<u16> {
+) -> Result<Option<BodyLimit>, u16> {
     if g.rules.is_empty() && t.is_empty() {
-        return None;
+        return Ok(None);
     }
     let header_bytes = req
         .headers
@@ -469,7 +500,16 @@ pub fn enforce(
             .and_then(|v| v.to_str().ok())
             .unwrap_or(""),
     };
-    let d = check(&g.rules, t, &facts)?;
+    let Some(d) = check(&g.rules, t, &facts) else {
+        if facts.content_length.is_some() {
+            return Ok(None);
+        }
+        let limit = [g.rules.body_limit(norm_path), t.body_limit(norm_path)]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(m, _)| *m);
+        return Ok(limit.map(|(max, rule)| BodyLimit { max, rule }));
+    };
     crate::metrics::get()
         .access_denied
         .with_label_values(&[tenant, &d.rule])
@@ -485,7 +525,7 @@ pub fn enforce(
             .field("path", req.uri.path())
             .field("status", d.status),
     );
-    Some(d.status)
+    Err(d.status)
 }
 
 /// Global rules first, then the tenant's.

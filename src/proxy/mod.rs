@@ -56,6 +56,8 @@ pub struct Ctx {
     /// When the first request body bytes arrived, and how many so far.
     body_started: Option<Instant>,
     body_bytes: u64,
+    /// Body limit of an access rule for a body sent without `Content-Length`.
+    body_limit: Option<access::BodyLimit>,
 }
 
 impl Ctx {
@@ -120,6 +122,7 @@ impl ProxyHttp for Proxy {
             country: crate::geoip::Country::UNKNOWN,
             body_started: None,
             body_bytes: 0,
+            body_limit: None,
         }
     }
 
@@ -220,7 +223,7 @@ impl ProxyHttp for Proxy {
         // 6. Operator access rules (global, then the tenant's), before anything else looks at
         // the request content.
         let norm_path = access::path::normalize(session.req_header().uri.path());
-        if let Some(status) = access::enforce(
+        match access::enforce(
             &snap.access,
             &tenant.access,
             &tenant.id,
@@ -229,7 +232,8 @@ impl ProxyHttp for Proxy {
             ctx.country,
             &norm_path,
         ) {
-            return local::respond_page(session, ctx, status).await;
+            Ok(limit) => ctx.body_limit = limit,
+            Err(status) => return local::respond_page(session, ctx, status).await,
         }
 
         // 7. Rate limits (client key with IPv6 by prefix, per route, per tenant).
@@ -267,6 +271,12 @@ impl ProxyHttp for Proxy {
         // Slow uploads hold a connection and a backend slot: enforce the minimum body rate.
         let started = *ctx.body_started.get_or_insert_with(Instant::now);
         ctx.body_bytes += body.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+        if let Some(l) = &ctx.body_limit {
+            if l.exceeded(ctx.body_bytes, ctx.tenant_id(), ctx.client_ip, ctx.country) {
+                ctx.body_limit = None;
+                return Error::e_explain(HTTPStatus(413), "request body over max_body_bytes");
+            }
+        }
         if let Some(s) = &ctx.snapshot {
             if limits::conn::body_too_slow(&s.limits.conn, started, ctx.body_bytes) {
                 return Error::e_explain(HTTPStatus(408), "request body slower than min_body_rate");
