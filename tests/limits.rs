@@ -402,3 +402,46 @@ fn limit_state_survives_reload_while_the_limit_is_unchanged() {
     assert_eq!(api(&g, "POST", "/api/v1/reload").status, 200);
     assert_eq!(get(listen, "t.gov.vn", "/").status, 200);
 }
+
+#[test]
+fn uploads_slower_than_the_minimum_body_rate_are_cut_off() {
+    let b = Backend::start("portal", "127.0.0.1");
+    let listen = free_addr("127.0.0.1");
+    let admin = free_addr("127.0.0.1");
+    let cfg = config(listen, admin, "", "[connections]\nmin_body_rate = 1000\n");
+    let _g = Gateway::start(
+        &cfg,
+        &[("t.toml", &tenant("t", &["t.gov.vn"], &[b.addr], ""))],
+        listen,
+        admin,
+    );
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: t.gov.vn\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    // Ten bytes every 300 ms: about 33 bytes a second, far below 1000.
+    while start.elapsed() < Duration::from_secs(15) {
+        if s.write_all(b"0123456789").is_err() {
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if !answer.is_empty() {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 408"),
+        "{text:?} after {:?}",
+        start.elapsed()
+    );
+    assert!(start.elapsed() >= Duration::from_secs(5));
+}
