@@ -49,6 +49,10 @@ pub struct Tenant {
     /// Usage figures for the reports (kept across reloads for the same id).
     pub usage: Arc<crate::usage::TenantUsage>,
     pub tls: crate::tls::TenantTls,
+    /// The tenant's own access rules (after the global ones).
+    pub access: crate::access::RuleSet,
+    /// Rate limits that apply to the tenant (global and its own).
+    pub limits: crate::limits::TenantLimits,
 }
 
 impl Tenant {
@@ -129,6 +133,10 @@ pub struct Snapshot {
     /// Host names that show the status page, and its headings.
     pub status_hosts: Vec<String>,
     pub status_titles: (String, String),
+    /// Global access rules and the GeoIP database.
+    pub access: crate::access::Global,
+    /// Rate limits, bans and connection protection settings.
+    pub limits: crate::limits::Settings,
 }
 
 impl Snapshot {
@@ -211,12 +219,16 @@ impl Snapshot {
             acme: Arc::new(crate::acme::AcmeSettings::from_config(cfg)?),
         };
 
+        let access = crate::access::Global::build(cfg)?;
+        let limits = crate::limits::Settings::build(cfg)?;
         let mut tenants = Vec::with_capacity(cfg.tenants.len());
         let mut routes = RouteTable::new();
         let mut ids: HashMap<String, usize> = HashMap::new();
         for tf in &cfg.tenants {
             let idx = tenants.len();
-            let tenant = build_tenant(&tf.source, &tf.tenant, cfg)?;
+            let mut tenant = build_tenant(&tf.source, &tf.tenant, cfg)?;
+            tenant.access = access.tenant_rules(&tf.source, &tf.tenant.access)?;
+            tenant.limits = limits.tenant(cfg, &tf.source, &tenant.id, &tf.tenant.limits)?;
             if let Some(&prev) = ids.get(&tenant.id) {
                 return Err(tf.source.error_at(
                     tf.tenant.id.span(),
@@ -319,6 +331,8 @@ impl Snapshot {
                 .unwrap_or_else(|| "Status of the government web portals".into()),
         );
         Ok(Snapshot {
+            access,
+            limits,
             status_hosts,
             status_titles,
             online,
@@ -594,6 +608,8 @@ fn build_tenant(src: &SourceFile, t: &TenantConfig, cfg: &Config) -> Result<Tena
         error_pages,
         maintenance,
         tls: crate::tls::TenantTls::from_config(src, t, cfg)?,
+        access: Default::default(),
+        limits: Default::default(),
     })
 }
 
@@ -641,6 +657,7 @@ impl Gateway {
         crate::metrics::get()
             .tenants
             .set(snapshot.tenants.len() as i64);
+        snapshot.limits.apply();
         let a = &snapshot.settings.availability;
         let availability = crate::availability::Tracker::new(
             snapshot.settings.state_dir.as_deref(),
@@ -664,6 +681,7 @@ impl Gateway {
 
     /// Replaces the snapshot; requests already running keep the old one.
     pub fn swap(&self, next: Snapshot) {
+        next.limits.apply();
         self.snapshot.store(Arc::new(next));
     }
 

@@ -7,8 +7,10 @@
 //! `soc` (event shipping to the SOC and the local archive), `tls` (termination, SNI
 //! certificates), `certs` (certificate store), `acme` (automatic certificates),
 //! `config` (file format) and `gateway` (the runtime snapshot built from a config), with
-//! `server` wiring them into pingora.
+//! `server` wiring them into pingora. `access` (operator rules), `geoip` and `limits` (rate
+//! limits, bans, connection protection) guard the pipeline's first steps.
 
+pub mod access;
 pub mod acme;
 pub mod admin;
 pub mod availability;
@@ -18,6 +20,8 @@ pub mod config;
 pub mod events;
 pub mod forwarded;
 pub mod gateway;
+pub mod geoip;
+pub mod limits;
 pub mod maintenance;
 pub mod metrics;
 pub mod online;

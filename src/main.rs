@@ -77,6 +77,17 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+    /// Bans of a running gateway (through its admin API).
+    Bans {
+        #[command(subcommand)]
+        cmd: BansCmd,
+        /// Admin API address. Default: admin.address of the configuration.
+        #[arg(long, global = true)]
+        admin: Option<std::net::SocketAddr>,
+        /// Configuration to read admin.address from.
+        #[arg(short, long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
 }
@@ -124,6 +135,17 @@ fn report_soc(
     };
     let r = report::build(&archive, &opts).map_err(|e| format!("{e:#}"))?;
     report::render(&r, opts.format).map_err(|e| format!("{e:#}"))
+}
+
+#[derive(Subcommand)]
+enum BansCmd {
+    /// List active bans. The token is read from CONG_ADMIN_TOKEN.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift the ban on an address or prefix as listed (e.g. 2001:db8:1:2::/64).
+    Lift { key: String },
 }
 
 #[derive(Subcommand)]
@@ -405,6 +427,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Bans { cmd, admin, config } => bans(cmd, admin, config),
         Cmd::Check {
             config,
             online,
@@ -537,6 +560,38 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn bans(cmd: BansCmd, admin: Option<std::net::SocketAddr>, config: Option<PathBuf>) -> ExitCode {
+    let admin = match admin {
+        Some(a) => a,
+        None => match load(config).and_then(|c| {
+            c.main
+                .admin
+                .address
+                .get_ref()
+                .parse()
+                .map_err(|_| "admin.address is not IP:PORT".to_string())
+        }) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let token = std::env::var("CONG_ADMIN_TOKEN").unwrap_or_default();
+    let res = match cmd {
+        BansCmd::List { json } => cong::limits::cli::list(admin, &token, json),
+        BansCmd::Lift { key } => cong::limits::cli::lift(admin, &token, &key),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -45,6 +45,12 @@ pub struct Metrics {
     pub log_sink_up: IntGaugeVec,
     /// Last values read from counters kept elsewhere, to turn them into increments.
     seen: Mutex<HashMap<String, u64>>,
+    pub access_denied: IntCounterVec,
+    pub ratelimit_hits: IntCounterVec,
+    pub bans: IntCounterVec,
+    pub bans_active: IntGauge,
+    pub ban_drops: IntCounterVec,
+    pub conn_refused: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -222,6 +228,42 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["sink"],
         ),
         seen: Mutex::new(HashMap::new()),
+        access_denied: counter_vec(
+            &r,
+            "cong_access_denied_total",
+            "Requests refused by access rules, by tenant and rule name.",
+            &["tenant", "rule"],
+        ),
+        ratelimit_hits: counter_vec(
+            &r,
+            "cong_ratelimit_hits_total",
+            "Requests answered 429 by a rate limit, by tenant and limit name.",
+            &["tenant", "limit"],
+        ),
+        bans: counter_vec(
+            &r,
+            "cong_bans_total",
+            "Clients banned, by reason.",
+            &["reason"],
+        ),
+        bans_active: {
+            let g = IntGauge::new("cong_bans_active", "Client keys banned right now.")
+                .expect("static metric definition");
+            r.register(Box::new(g.clone())).expect("unique metric name");
+            g
+        },
+        ban_drops: counter_vec(
+            &r,
+            "cong_ban_drops_total",
+            "Connections or requests of banned clients dropped, by stage (accept, request).",
+            &["stage"],
+        ),
+        conn_refused: counter_vec(
+            &r,
+            "cong_connections_refused_total",
+            "Connections refused or closed by connection protection, by reason.",
+            &["reason"],
+        ),
         tenants,
         registry: r,
     }

@@ -31,6 +31,10 @@ pub fn config_fingerprint(main: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)
         }
     };
     add(main.to_path_buf());
+    // The GeoIP database is part of the configuration: a new file means a reload.
+    if let Some(db) = geoip_db(main) {
+        add(db);
+    }
     let dir = tenants_dir(main);
     if let Ok(rd) = std::fs::read_dir(&dir) {
         let mut files: Vec<PathBuf> = rd
@@ -48,13 +52,25 @@ pub fn config_fingerprint(main: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)
 
 /// Main file and tenants directory (its mtime changes when a file is added, removed or
 /// replaced by rename, which is how editors and Ansible write).
-fn quick_fingerprint(main: &Path) -> [(u64, Option<SystemTime>); 2] {
+fn quick_fingerprint(main: &Path) -> Vec<(u64, Option<SystemTime>)> {
     let stat = |p: &Path| {
         std::fs::metadata(p)
             .map(|m| (m.len(), m.modified().ok()))
             .unwrap_or((0, None))
     };
-    [stat(main), stat(&tenants_dir(main))]
+    let mut v = vec![stat(main), stat(&tenants_dir(main))];
+    if let Some(db) = geoip_db(main) {
+        v.push(stat(&db));
+    }
+    v
+}
+
+/// `[access] geoip_db` of the main file, resolved like the configuration resolves it.
+fn geoip_db(main: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(main).ok()?;
+    let table = toml::from_str::<toml::Table>(&text).ok()?;
+    let db = table.get("access")?.get("geoip_db")?.as_str()?;
+    Some(main.parent().unwrap_or(Path::new(".")).join(db))
 }
 
 fn tenants_dir(main: &Path) -> PathBuf {
@@ -108,7 +124,7 @@ impl BackgroundService for Reloader {
                     }
                     polls = polls.wrapping_add(1);
                     let q = quick_fingerprint(path);
-                    let quiet = Some(q) == quick && pending.is_none();
+                    let quiet = quick.as_ref() == Some(&q) && pending.is_none();
                     quick = Some(q);
                     if quiet && polls % FULL_SCAN_EVERY != 0 {
                         continue;

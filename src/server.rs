@@ -100,16 +100,27 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
+    let mut app = pingora::proxy::HttpProxy::new(
         Proxy::new(gateway.clone(), certs.clone(), challenges),
-        "cong proxy",
+        server.configuration.clone(),
     );
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut opts = HttpServerOptions::default();
-        opts.h2c = settings.h2c;
-        app.server_options = Some(opts);
-    }
+    app.handle_init_modules();
+    let mut opts = HttpServerOptions::default();
+    opts.h2c = settings.h2c;
+    let conn = &gateway.snapshot().limits.conn;
+    opts.h2_idle_timeout = Some(conn.keepalive_timeout);
+    app.server_options = Some(opts);
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(conn.h2_max_streams);
+    app.h2_options = Some(h2);
+    // Connection caps, bans at accept and header/idle timeouts wrap pingora's application.
+    let mut proxy = Service::new(
+        "cong proxy".to_string(),
+        crate::limits::conn::Guarded {
+            inner: Arc::new(app),
+            gateway: gateway.clone(),
+        },
+    );
     for l in &settings.listen {
         if l.tls {
             let tls = crate::tls::listener_settings(certs.clone())?;

@@ -297,6 +297,22 @@ impl ServeHttp for AdminApp {
                     Err(e) => error(500, &e),
                 }
             }
+            (&Method::GET, ["api", "v1", "bans"]) => {
+                json_resp(200, json!({ "bans": crate::limits::bans::list() }))
+            }
+            (&Method::DELETE, ["api", "v1", "bans", rest @ ..]) if !rest.is_empty() => {
+                // An IPv6 key has a `/`: accept it raw or encoded as %2F.
+                let raw = rest.join("/").replace("%2F", "/").replace("%2f", "/");
+                let Some(key) = crate::limits::ClientKey::parse(&raw) else {
+                    return error(400, "not an address or prefix");
+                };
+                if crate::limits::bans::lift(&key) {
+                    audit("ban_lift", &key.to_string(), "ok");
+                    json_resp(200, json!({ "lifted": key.to_string() }))
+                } else {
+                    error(404, "no active ban for this key")
+                }
+            }
             _ => error(404, "no such endpoint (see docs/admin-api.json)"),
         }
     }
@@ -310,6 +326,7 @@ fn refresh_gauges(g: &Gateway) {
     m.backend_up.reset();
     m.pool_available.reset();
     m.maintenance_active.reset();
+    m.bans_active.set(crate::limits::bans::active() as i64);
     let now = maintenance::now_s();
     let api = g.maintenance.all();
     for t in &snap.tenants {

@@ -5,6 +5,7 @@
 //! Every error names the file, line, column and key. This module only parses and validates;
 //! it builds no runtime state (that is `gateway::Snapshot::build`) and must not touch sockets.
 
+mod access;
 mod duration;
 mod error;
 mod model;
@@ -12,6 +13,7 @@ pub mod scaffold;
 mod soc;
 mod tls;
 
+pub use access::*;
 pub use duration::Dur;
 pub use error::{ConfigError, Located};
 pub use model::*;

@@ -41,6 +41,14 @@ pub struct MainConfig {
     pub acme_ca: Vec<AcmeCaConfig>,
     #[serde(default)]
     pub dns_update: Vec<DnsUpdateConfig>,
+    #[serde(default)]
+    pub access: super::AccessConfig,
+    #[serde(default)]
+    pub limits: super::LimitsConfig,
+    #[serde(default)]
+    pub bans: super::BansConfig,
+    #[serde(default)]
+    pub connections: super::ConnectionsConfig,
 }
 
 /// `[availability]`: probing every tenant through the gateway.
@@ -283,6 +291,11 @@ pub struct TenantConfig {
     /// HTTPS: answer 421 when the Host belongs to another tenant than the TLS SNI.
     #[serde(default)]
     pub sni_host_check: bool,
+    /// Access rules of this tenant, applied after the global ones.
+    #[serde(default)]
+    pub access: super::AccessConfig,
+    #[serde(default)]
+    pub limits: super::TenantLimitsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,6 +13,24 @@ use std::time::SystemTime;
 /// Writes the tenant's (or the built-in) page for `status`; returns `Ok(true)` so the
 /// pipeline stops here.
 pub async fn respond_page(session: &mut Session, ctx: &mut Ctx, status: u16) -> Result<bool> {
+    page_with_retry(session, ctx, status, None).await
+}
+
+/// 429 with `Retry-After` and the bilingual page.
+pub async fn too_many_requests(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    retry_after: u64,
+) -> Result<bool> {
+    page_with_retry(session, ctx, 429, Some(retry_after)).await
+}
+
+async fn page_with_retry(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    retry_after: Option<u64>,
+) -> Result<bool> {
     let body = match (&ctx.snapshot, ctx.tenant) {
         (Some(s), Some(t)) => s.tenants[t as usize]
             .error_pages
@@ -24,8 +42,10 @@ pub async fn respond_page(session: &mut Session, ctx: &mut Ctx, status: u16) -> 
     resp.insert_header("Content-Length", body.len().to_string())?;
     resp.insert_header("Cache-Control", "no-store")?;
     resp.insert_header("X-Request-Id", ctx.request_id.as_str())?;
-    if status == 503 {
-        resp.insert_header("Retry-After", "30")?;
+    match retry_after {
+        Some(s) => resp.insert_header("Retry-After", s.to_string())?,
+        None if status == 503 => resp.insert_header("Retry-After", "30")?,
+        None => {}
     }
     hsts(ctx, &mut resp)?;
     ctx.local_status = Some(status);

@@ -1,18 +1,22 @@
 //! The request pipeline: the one `ProxyHttp` implementation, read top to bottom.
 //!
-//! request_filter: identify (request id, real client address, TLS SNI) → ACME HTTP-01 answer →
-//! host → tenant → status page → legacy-name redirects → HTTPS (redirect, SNI/Host check) →
-//! maintenance → path → pool → [later steps plug in here: access rules, rate limits, WAF,
-//! cache] → serve locally (static origin) or continue to upstream_peer:
+//! early_request_filter: banned clients dropped (connection caps and header timeouts are
+//! enforced around the service by `limits::conn`).
+//! request_filter: identify (request id, real client address, country, TLS SNI) → ACME HTTP-01
+//! answer → host → tenant → status page → legacy-name redirects → HTTPS (redirect, SNI/Host
+//! check) → maintenance → access rules → rate limits → path → pool → [later steps plug in here:
+//! WAF, cache] → serve locally (static origin) or continue to upstream_peer:
 //! choose a backend → upstream_request_filter: forwarding headers → response → logging.
 //! Failures map to honest 502/503/504 pages. Each step calls one module's entry point; the
 //! feature modules do not call each other.
 
 mod local;
 
+use crate::access;
 use crate::events::{self, Severity};
 use crate::forwarded;
 use crate::gateway::{Gateway, Snapshot};
+use crate::limits;
 use crate::maintenance;
 use crate::metrics::{RequestSample, TenantStats};
 use crate::routing::{normalize_request_host, HostKey};
@@ -54,6 +58,13 @@ pub struct Ctx {
     upstream_ms: Option<u64>,
     /// The TLS connection this request came on (`None` on plain listeners).
     pub tls: Option<crate::tls::ConnTls>,
+    /// Country of `client_ip` (`--` when unknown or without a GeoIP database).
+    pub country: crate::geoip::Country,
+    /// When the first request body bytes arrived, and how many so far.
+    body_started: Option<Instant>,
+    body_bytes: u64,
+    /// Body limit of an access rule for a body sent without `Content-Length`.
+    body_limit: Option<access::BodyLimit>,
 }
 
 impl Ctx {
@@ -133,7 +144,36 @@ impl ProxyHttp for Proxy {
             upstream_started: None,
             upstream_ms: None,
             tls: None,
+            country: crate::geoip::Country::UNKNOWN,
+            body_started: None,
+            body_bytes: 0,
+            body_limit: None,
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // 0. Banned clients are dropped before anything else is done for them.
+        let snap = self.gateway.snapshot();
+        let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let peer_ip = peer
+            .map(|a| a.ip().to_canonical())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let client = forwarded::client_ip(
+            peer_ip,
+            header_str(session.req_header(), "x-forwarded-for"),
+            &snap.trusted,
+        );
+        let h2 = session.as_downstream().is_http2();
+        if limits::early(&snap.limits, peer, client, h2).is_err() {
+            return Err(Error::create(
+                ConnectionClosed,
+                ErrorSource::Downstream,
+                Some("client is banned".into()),
+                None,
+            ));
+        }
+        session.set_read_timeout(Some(snap.limits.conn.body_read_timeout));
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -153,6 +193,7 @@ impl ProxyHttp for Proxy {
             &snap.trusted,
         );
         ctx.tls = crate::tls::conn_tls(session);
+        ctx.country = snap.access.country(ctx.client_ip);
 
         // 2. ACME HTTP-01: answered for every name before anything can redirect or refuse it.
         if let Some(key_auth) = self.challenges.http01_answer(req.uri.path()) {
@@ -240,17 +281,69 @@ impl ProxyHttp for Proxy {
             }
         }
 
-        // 8. Route: path → pool.
+        // 8. Operator access rules (global, then the tenant's), before anything else looks at
+        // the request content.
+        let norm_path = access::path::normalize(session.req_header().uri.path());
+        match access::enforce(
+            &snap.access,
+            &tenant.access,
+            &tenant.id,
+            session.req_header(),
+            ctx.client_ip,
+            ctx.country,
+            &norm_path,
+        ) {
+            Ok(limit) => ctx.body_limit = limit,
+            Err(status) => return local::respond_page(session, ctx, status).await,
+        }
+
+        // 9. Rate limits (client key with IPv6 by prefix, per route, per tenant).
+        if let Some(retry_after) = limits::enforce(
+            &snap.limits,
+            &tenant.limits,
+            &tenant.id,
+            ctx.client_ip,
+            ctx.country,
+            &norm_path,
+        ) {
+            return local::too_many_requests(session, ctx, retry_after).await;
+        }
+
+        // 10. Route: path → pool.
         let (pool, strip) = tenant.pool_for(session.req_header().uri.path());
         ctx.pool = Some(pool.clone());
         ctx.strip_prefix = strip;
 
-        // 9. Local origin, or on to a backend.
+        // 11. Local origin, or on to a backend.
         if let PoolKind::Static(origin) = &pool.kind {
             let origin = origin.clone();
             return local::serve_static(session, ctx, &origin).await;
         }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Slow uploads hold a connection and a backend slot: enforce the minimum body rate.
+        let started = *ctx.body_started.get_or_insert_with(Instant::now);
+        ctx.body_bytes += body.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+        if let Some(l) = &ctx.body_limit {
+            if l.exceeded(ctx.body_bytes, ctx.tenant_id(), ctx.client_ip, ctx.country) {
+                ctx.body_limit = None;
+                return Error::e_explain(HTTPStatus(413), "request body over max_body_bytes");
+            }
+        }
+        if let Some(s) = &ctx.snapshot {
+            if limits::conn::body_too_slow(&s.limits.conn, started, ctx.body_bytes) {
+                return Error::e_explain(HTTPStatus(408), "request body slower than min_body_rate");
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -445,6 +538,9 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
+            limits::conn::request_finished(*peer);
+        }
         // Our own availability probes are not visits: keep them out of metrics and reports.
         if crate::availability::is_probe(header_str(
             session.req_header(),
@@ -488,6 +584,7 @@ impl ProxyHttp for Proxy {
                 status,
                 error: e.map(|e| e.etype().as_str()),
                 sni: ctx.tls.as_ref().and_then(|t| t.sni.as_deref()),
+                country: ctx.country.as_str(),
                 stderr: ctx.snapshot.as_ref().is_none_or(|s| s.settings.access_log),
             },
         );

@@ -201,10 +201,11 @@ impl AccessEvent {
             uri.push_str(q);
         }
         let mut s = format!(
-            "rid={} tenant={} client={} host={} sni={} method={} uri={} proto={} status={} bytes={} ms={} upstream={} tries={}",
+            "rid={} tenant={} client={} country={} host={} sni={} method={} uri={} proto={} status={} bytes={} ms={} upstream={} tries={}",
             self.request_id,
             self.tenant,
             self.client_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            self.country,
             if self.host.is_empty() { "-" } else { &self.host },
             self.sni.as_deref().unwrap_or("-"),
             self.method,

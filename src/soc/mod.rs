@@ -125,6 +125,8 @@ pub struct AccessFacts<'a> {
     pub error: Option<&'static str>,
     /// Server name the client asked for in the TLS handshake.
     pub sni: Option<&'a str>,
+    /// Country of the client address (`--` when unknown).
+    pub country: &'a str,
     /// Also write the operator's access line on standard error.
     pub stderr: bool,
 }
@@ -157,7 +159,7 @@ pub fn access(session: &pingora::proxy::Session, f: AccessFacts) {
         sni: f.sni.map(str::to_string),
         client_ip: Some(f.client_ip),
         client_port,
-        country: "--".into(),
+        country: f.country.to_string(),
         method: req.method.as_str().to_string(),
         path: event::cap(&percent_decode_lossy(path), event::MAX_PATH),
         query: query.map(|q| event::cap(q, event::MAX_QUERY)),

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod mmdb;
+
 pub const CONG: &str = env!("CARGO_BIN_EXE_cong");
 
 /// A free TCP port on the given loopback address.
