@@ -39,3 +39,4 @@ pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 pub mod usage;
+pub mod waf;
