@@ -53,6 +53,8 @@ pub struct Tenant {
     pub access: crate::access::RuleSet,
     /// Rate limits that apply to the tenant (global and its own).
     pub limits: crate::limits::TenantLimits,
+    /// Page cache policy.
+    pub cache: crate::cache::TenantPolicy,
 }
 
 impl Tenant {
@@ -137,6 +139,8 @@ pub struct Snapshot {
     pub access: crate::access::Global,
     /// Rate limits, bans and connection protection settings.
     pub limits: crate::limits::Settings,
+    /// Page cache tiers (take effect at start).
+    pub cache: crate::cache::Settings,
 }
 
 impl Snapshot {
@@ -229,6 +233,7 @@ impl Snapshot {
             let mut tenant = build_tenant(&tf.source, &tf.tenant, cfg)?;
             tenant.access = access.tenant_rules(&tf.source, &tf.tenant.access)?;
             tenant.limits = limits.tenant(cfg, &tf.source, &tenant.id, &tf.tenant.limits)?;
+            tenant.cache = crate::cache::TenantPolicy::build(&tf.source, &tf.tenant.cache)?;
             if let Some(&prev) = ids.get(&tenant.id) {
                 return Err(tf.source.error_at(
                     tf.tenant.id.span(),
@@ -331,6 +336,7 @@ impl Snapshot {
                 .unwrap_or_else(|| "Status of the government web portals".into()),
         );
         Ok(Snapshot {
+            cache: crate::cache::Settings::build(cfg)?,
             access,
             limits,
             status_hosts,
@@ -610,6 +616,7 @@ fn build_tenant(src: &SourceFile, t: &TenantConfig, cfg: &Config) -> Result<Tena
         tls: crate::tls::TenantTls::from_config(src, t, cfg)?,
         access: Default::default(),
         limits: Default::default(),
+        cache: Default::default(),
     })
 }
 

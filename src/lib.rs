@@ -8,12 +8,14 @@
 //! certificates), `certs` (certificate store), `acme` (automatic certificates),
 //! `config` (file format) and `gateway` (the runtime snapshot built from a config), with
 //! `server` wiring them into pingora. `access` (operator rules), `geoip` and `limits` (rate
-//! limits, bans, connection protection) guard the pipeline's first steps.
+//! limits, bans, connection protection) guard the pipeline's first steps; `cache` (page
+//! cache: policy, storage tiers, purge) answers from stored copies after them.
 
 pub mod access;
 pub mod acme;
 pub mod admin;
 pub mod availability;
+pub mod cache;
 pub mod calendar;
 pub mod certs;
 pub mod config;

@@ -88,8 +88,37 @@ enum Cmd {
         #[arg(short, long, global = true)]
         config: Option<PathBuf>,
     },
+    /// Page cache of a running gateway (through its admin API).
+    Cache {
+        #[command(subcommand)]
+        cmd: CacheCmd,
+        /// Admin API address. Default: admin.address of the configuration.
+        #[arg(long, global = true)]
+        admin: Option<std::net::SocketAddr>,
+        /// Configuration to read admin.address from.
+        #[arg(short, long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// Purge one URL, a path prefix or a whole tenant. The token is read from CONG_ADMIN_TOKEN.
+    Purge {
+        #[arg(long)]
+        tenant: String,
+        /// scheme://host/path?query (all its Vary variants).
+        #[arg(long, group = "scope")]
+        url: Option<String>,
+        /// Path prefix, e.g. /tin-tuc/.
+        #[arg(long, group = "scope")]
+        prefix: Option<String>,
+        /// Everything of the tenant.
+        #[arg(long, group = "scope")]
+        all: bool,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -428,6 +457,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Bans { cmd, admin, config } => bans(cmd, admin, config),
+        Cmd::Cache { cmd, admin, config } => cache_cmd(cmd, admin, config),
         Cmd::Check {
             config,
             online,
@@ -561,6 +591,64 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+fn cache_cmd(
+    cmd: CacheCmd,
+    admin: Option<std::net::SocketAddr>,
+    config: Option<PathBuf>,
+) -> ExitCode {
+    let CacheCmd::Purge {
+        tenant,
+        url,
+        prefix,
+        all,
+    } = cmd;
+    use cong::cache::purge::Purge;
+    let p = match (url, prefix, all) {
+        (Some(url), None, false) => Purge::Url { tenant, url },
+        (None, Some(prefix), false) => Purge::Prefix { tenant, prefix },
+        (None, None, true) => Purge::Tenant { tenant },
+        _ => {
+            eprintln!("error: give one of --url, --prefix or --all");
+            return ExitCode::from(2);
+        }
+    };
+    let admin = match admin_addr(admin, config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let token = std::env::var("CONG_ADMIN_TOKEN").unwrap_or_default();
+    match cong::cache::cli::purge(admin, &token, &p) {
+        Ok(n) => {
+            println!("purged {n} objects");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn admin_addr(
+    admin: Option<std::net::SocketAddr>,
+    config: Option<PathBuf>,
+) -> Result<std::net::SocketAddr, String> {
+    match admin {
+        Some(a) => Ok(a),
+        None => load(config).and_then(|c| {
+            c.main
+                .admin
+                .address
+                .get_ref()
+                .parse()
+                .map_err(|_| "admin.address is not IP:PORT".to_string())
+        }),
     }
 }
 

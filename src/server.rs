@@ -55,6 +55,7 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
     let snapshot = Snapshot::build(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     let soc_settings = crate::soc::Settings::build(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     let settings = snapshot.settings.clone();
+    crate::cache::init(&snapshot.cache).map_err(|e| anyhow::anyhow!(e))?;
     if !upgrade {
         check_binds(&settings.listen, settings.admin)?;
     }

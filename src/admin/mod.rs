@@ -313,6 +313,40 @@ impl ServeHttp for AdminApp {
                     error(404, "no active ban for this key")
                 }
             }
+            (&Method::POST, ["api", "v1", "cache", "purge"]) => {
+                let body = match read_body(session).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                let p: crate::cache::purge::Purge = match serde_json::from_slice(&body) {
+                    Ok(p) => p,
+                    Err(e) => return error(400, &format!("invalid purge: {e}")),
+                };
+                if !snap.tenants.iter().any(|t| t.id == p.tenant()) {
+                    return error(404, "no such tenant");
+                }
+                if let crate::cache::purge::Purge::Url { url, .. } = &p {
+                    if crate::cache::key_url_from(url).is_none() {
+                        return error(400, "url must be scheme://host/path?query");
+                    }
+                }
+                let n = tokio::task::spawn_blocking(move || {
+                    let n = crate::cache::purge::purge(&p);
+                    (p, n)
+                })
+                .await;
+                match n {
+                    Ok((p, n)) => {
+                        audit(
+                            "cache_purge",
+                            &format!("{}/{}", p.tenant(), p.scope()),
+                            "ok",
+                        );
+                        json_resp(200, json!({ "purged": n }))
+                    }
+                    Err(e) => error(500, &e.to_string()),
+                }
+            }
             _ => error(404, "no such endpoint (see docs/admin-api.json)"),
         }
     }

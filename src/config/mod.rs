@@ -6,6 +6,7 @@
 //! it builds no runtime state (that is `gateway::Snapshot::build`) and must not touch sockets.
 
 mod access;
+mod cache;
 mod duration;
 mod error;
 mod model;
@@ -14,6 +15,7 @@ mod soc;
 mod tls;
 
 pub use access::*;
+pub use cache::*;
 pub use duration::Dur;
 pub use error::{ConfigError, Located};
 pub use model::*;

@@ -49,6 +49,9 @@ pub struct MainConfig {
     pub bans: super::BansConfig,
     #[serde(default)]
     pub connections: super::ConnectionsConfig,
+    /// The page cache's storage tiers.
+    #[serde(default)]
+    pub cache: super::CacheConfig,
 }
 
 /// `[availability]`: probing every tenant through the gateway.
@@ -296,6 +299,9 @@ pub struct TenantConfig {
     pub access: super::AccessConfig,
     #[serde(default)]
     pub limits: super::TenantLimitsConfig,
+    /// The page cache policy of this tenant.
+    #[serde(default)]
+    pub cache: super::TenantCacheConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -24,6 +24,10 @@ use crate::soc;
 use crate::upstream::{Endpoint, InflightGuard, Pool, PoolKind};
 use async_trait::async_trait;
 use http::header::{HeaderValue, HOST};
+use pingora::cache::key::HashBinary;
+use pingora::cache::{
+    CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -65,6 +69,8 @@ pub struct Ctx {
     body_bytes: u64,
     /// Body limit of an access rule for a body sent without `Content-Length`.
     body_limit: Option<access::BodyLimit>,
+    /// Page cache decisions for this request.
+    cache: crate::cache::ReqState,
 }
 
 impl Ctx {
@@ -148,6 +154,7 @@ impl ProxyHttp for Proxy {
             body_started: None,
             body_bytes: 0,
             body_limit: None,
+            cache: Default::default(),
         }
     }
 
@@ -277,7 +284,12 @@ impl ProxyHttp for Proxy {
             if let Some(w) = maintenance::active(&tenant.maintenance, &api_windows, &tenant.id, now)
             {
                 let page = maintenance::page(w, &tenant.name, &ctx.request_id);
-                return local::maintenance(session, ctx, page, w.retry_after(now)).await;
+                // Cached copies may stand in for the portal (decided at the cache step).
+                if tenant.cache.enabled && tenant.cache.serve_in_maintenance {
+                    ctx.cache.maintenance = Some((page, w.retry_after(now)));
+                } else {
+                    return local::maintenance(session, ctx, page, w.retry_after(now)).await;
+                }
             }
         }
 
@@ -307,6 +319,24 @@ impl ProxyHttp for Proxy {
             &norm_path,
         ) {
             return local::too_many_requests(session, ctx, retry_after).await;
+        }
+
+        // 9c. Page cache: may this request be answered from / stored in the cache? (The
+        // lookup runs in request_cache_filter; requests that must not use it go on as usual.)
+        let maintenance_page = ctx.cache.maintenance.take();
+        ctx.cache = crate::cache::ReqState::decide(
+            &tenant.cache,
+            &tenant.id,
+            session.req_header(),
+            if ctx.tls.is_some() { "https" } else { "http" },
+            &ctx.host,
+            &norm_path,
+        );
+        if let Some((page, retry_after)) = maintenance_page {
+            if !ctx.cache.lookup() {
+                return local::maintenance(session, ctx, page, retry_after).await;
+            }
+            ctx.cache.maintenance = Some((page, retry_after));
         }
 
         // 10. Route: path → pool.
@@ -344,6 +374,75 @@ impl ProxyHttp for Proxy {
             }
         }
         Ok(())
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        crate::cache::enable(&mut session.cache, &ctx.cache);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        Ok(crate::cache::cache_key(&ctx.cache, session.req_header()))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        match (&ctx.snapshot, ctx.tenant) {
+            (Some(s), Some(t)) => Ok(crate::cache::response_cacheable(
+                &s.tenants[t as usize].cache,
+                session.req_header(),
+                resp,
+            )),
+            _ => Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled)),
+        }
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        crate::cache::variance(meta, req)
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        // In planned maintenance the origin is not asked: any cached copy stands in.
+        Ok(ctx
+            .cache
+            .maintenance
+            .is_some()
+            .then_some(ForcedFreshness::ForceFresh))
+    }
+
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Not in cache during planned maintenance: the maintenance page after all.
+        if let Some((page, retry_after)) = ctx.cache.maintenance.take() {
+            session.cache.disable(NoCacheReason::Custom("maintenance"));
+            local::maintenance(session, ctx, page, retry_after).await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        crate::cache::should_serve_stale(error)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -445,11 +544,12 @@ impl ProxyHttp for Proxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        crate::cache::status_headers(&mut ctx.cache, &session.cache, upstream);
         if ctx.tls.is_some() {
             if let (Some(s), Some(t)) = (&ctx.snapshot, ctx.tenant) {
                 if let Some(v) = &s.tenants[t as usize].tls.hsts {
