@@ -81,6 +81,8 @@ impl MemTier {
         for kv in evicted {
             if kv.data.id == id && Arc::ptr_eq(&kv.data.info, &info) {
                 admitted = false;
+            } else {
+                crate::cache::metrics::evicted("memory");
             }
             self.account_remove(&kv.data.id, Some(&kv.data.info));
         }

@@ -45,6 +45,7 @@ pub struct MetaParts {
     epoch: SystemTime,
     swr: u32,
     sie: u32,
+    variance: Option<pingora::cache::key::HashBinary>,
     header: ResponseHeader,
 }
 
@@ -56,6 +57,7 @@ impl MetaParts {
             epoch: m.epoch(),
             swr: m.stale_while_revalidate_sec(),
             sie: m.stale_if_error_sec(),
+            variance: m.variance(),
             header: m.response_header_copy(),
         }
     }
@@ -70,6 +72,10 @@ impl MetaParts {
         );
         if self.epoch != self.created {
             m.set_epoch_override(self.epoch);
+        }
+        // Vary: the stored variant answers only requests with the same variance.
+        if let Some(v) = self.variance {
+            m.set_variance_key(v);
         }
         m
     }
