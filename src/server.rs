@@ -127,7 +127,16 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
             let tls = crate::tls::listener_settings(certs.clone())?;
             proxy.add_tls_with_settings(&l.addr.to_string(), Some(socket_options(l)), tls);
         } else {
-            proxy.add_tcp_with_settings(&l.addr.to_string(), socket_options(l));
+            // A write buffer that holds a typical page: a response from the page cache then
+            // leaves in one send (header and body) instead of two.
+            proxy.add_listener(
+                pingora::listeners::ListenerConfig::tcp(l.addr.to_string())
+                    .tcp_socket_options(socket_options(l))
+                    .l4_buffer(
+                        pingora::protocols::l4::stream::L4BufferSettings::default()
+                            .write(crate::cache::LISTENER_WRITE_BUFFER),
+                    ),
+            );
         }
     }
 

@@ -723,3 +723,41 @@ fn rfc3339(t: i64) -> String {
         secs % 60
     )
 }
+
+#[test]
+fn objects_over_the_size_limit_pass_through_and_config_errors_point_at_the_key() {
+    let origin = Origin::start();
+    let g = start(&origin, "max_object_size = \"100KB\"", "");
+    for _ in 0..2 {
+        let r = req(&g, "/blob/200-big", &[]);
+        assert_eq!((r.status, r.body.len()), (200, 200 * 1024));
+        assert_ne!(r.header("x-cache"), Some("HIT"));
+    }
+    assert_eq!(origin.hits("/blob/200-big"), 2);
+    req(&g, "/blob/50-small", &[]);
+    assert_eq!(
+        req(&g, "/blob/50-small", &[]).header("x-cache"),
+        Some("HIT")
+    );
+
+    let listen = free_addr("127.0.0.1");
+    let admin = free_addr("127.0.0.1");
+    let main = base_config(listen, admin, "");
+    let bad_tenant = format!(
+        "{}\n[cache]\nenabled = true\nbypass_paths = [\"/ok/**\", \"quantri/**\"]\n",
+        tenant("portal", &["portal.test"], &[origin.addr], "")
+    );
+    let (ok, text, _d) = check(&main, &[("portal.toml", &bad_tenant)]);
+    assert!(!ok);
+    assert!(
+        text.contains("portal.toml:") && text.contains("cache.bypass_paths[1]"),
+        "{text}"
+    );
+    let bad_main = format!("{main}[cache]\nmemory_size = \"12 parsecs\"\n");
+    let (ok, text, _d) = check(&bad_main, &[]);
+    assert!(!ok);
+    assert!(
+        text.contains("cong.toml:") && text.contains("memory_size"),
+        "{text}"
+    );
+}

@@ -106,6 +106,11 @@ impl Default for Settings {
     }
 }
 
+/// Write buffer of plain-HTTP listeners: the header and body of a cached page up to this size
+/// go out in one send. Pages are mostly 10–30 KB; pingora's default (1,460 bytes) sends the
+/// header on its own. Only touched pages of the buffer use memory.
+pub const LISTENER_WRITE_BUFFER: usize = 32 * 1024;
+
 static LOCK: OnceLock<&'static CacheKeyLockImpl> = OnceLock::new();
 
 /// Opens the storage tiers and the cache lock. Called once at start.
@@ -463,7 +468,7 @@ fn heuristic_ttl(policy: &TenantPolicy, path: &str, resp: &ResponseHeader) -> u3
     let last = path.rsplit('/').next().unwrap_or("");
     if let Some((_, ext)) = last.rsplit_once('.') {
         let ext = ext.to_ascii_lowercase();
-        if policy.static_ext.iter().any(|e| *e == ext) {
+        if policy.static_ext.contains(&ext) {
             return policy.static_ttl;
         }
     }
@@ -561,23 +566,32 @@ pub fn status_headers(st: &mut ReqState, cache: &HttpCache, resp: &mut ResponseH
         return;
     }
     let o = outcome(st, cache);
+    // Static names and values: this runs on every hit.
     let (x, cs) = match o {
-        "hit" => ("HIT", "cong; hit".to_string()),
-        "stale" => ("STALE", "cong; hit; fwd=stale".to_string()),
-        "expired" => ("EXPIRED", "cong; fwd=stale; stored".to_string()),
-        "revalidated" => ("REVALIDATED", "cong; fwd=stale; fwd-status=304".to_string()),
-        "miss" => ("MISS", "cong; fwd=uri-miss; stored".to_string()),
+        "hit" => ("HIT", "cong; hit"),
+        "stale" => ("STALE", "cong; hit; fwd=stale"),
+        "expired" => ("EXPIRED", "cong; fwd=stale; stored"),
+        "revalidated" => ("REVALIDATED", "cong; fwd=stale; fwd-status=304"),
+        "miss" => ("MISS", "cong; fwd=uri-miss; stored"),
         "bypass" => (
             "BYPASS",
-            format!(
-                "cong; fwd=bypass; detail={}",
-                st.bypass.unwrap_or("request")
-            ),
+            match st.bypass {
+                Some("method") => "cong; fwd=method",
+                Some("path_rule") => "cong; fwd=bypass; detail=path_rule",
+                Some(_) => "cong; fwd=request; detail=private",
+                None => "cong; fwd=bypass",
+            },
         ),
-        _ => ("MISS", "cong; fwd=uri-miss".to_string()),
+        _ => ("MISS", "cong; fwd=uri-miss"),
     };
-    let _ = resp.insert_header("X-Cache", x);
-    let _ = resp.insert_header("Cache-Status", cs);
+    let _ = resp.insert_header(
+        http::HeaderName::from_static("x-cache"),
+        http::HeaderValue::from_static(x),
+    );
+    let _ = resp.insert_header(
+        http::HeaderName::from_static("cache-status"),
+        http::HeaderValue::from_static(cs),
+    );
     if !st.counted {
         st.counted = true;
         metrics::request(&st.tenant, o);

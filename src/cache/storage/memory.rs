@@ -63,8 +63,9 @@ impl MemTier {
     }
 
     /// Offers an object; TinyUFO may refuse it (less popular than what it would evict) or
-    /// evict others. Returns whether it was admitted.
-    pub fn put(&self, obj: MemObject) -> bool {
+    /// evict others. With `force` (a revalidated object replacing itself) it is always
+    /// admitted. Returns whether it was admitted.
+    pub fn put(&self, obj: MemObject, force: bool) -> bool {
         let charge = obj.charge();
         if obj.body.len() > self.max_object || charge > self.limit {
             return false;
@@ -76,7 +77,11 @@ impl MemTier {
         let obj = Arc::new(obj);
         // The index entry goes in before TinyUFO so an eviction report always finds it.
         self.account_add(id, info.clone(), charge);
-        let evicted = self.ufo.put(id, obj, weight);
+        let evicted = if force {
+            self.ufo.force_put(id, obj, weight)
+        } else {
+            self.ufo.put(id, obj, weight)
+        };
         let mut admitted = true;
         for kv in evicted {
             if kv.data.id == id && Arc::ptr_eq(&kv.data.info, &info) {

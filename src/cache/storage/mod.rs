@@ -193,12 +193,15 @@ impl Tiered {
             }
             let body = Bytes::from(buf);
             let parts = MetaParts::from_meta(&meta);
-            self.mem.put(memory::MemObject {
-                id,
-                info: Arc::new(m.info),
-                meta: parts,
-                body: body.clone(),
-            });
+            self.mem.put(
+                memory::MemObject {
+                    id,
+                    info: Arc::new(m.info),
+                    meta: parts,
+                    body: body.clone(),
+                },
+                false,
+            );
             crate::cache::metrics::tier_bytes(self);
             return Some((meta, Box::new(MemHit::new(body))));
         }
@@ -283,12 +286,15 @@ impl Storage for Tiered {
         let mut found = false;
         if let Some(obj) = self.mem.get(&id) {
             found = true;
-            self.mem.put(memory::MemObject {
-                id,
-                info: obj.info.clone(),
-                meta: MetaParts::from_meta(meta),
-                body: obj.body.clone(),
-            });
+            self.mem.put(
+                memory::MemObject {
+                    id,
+                    info: obj.info.clone(),
+                    meta: MetaParts::from_meta(meta),
+                    body: obj.body.clone(),
+                },
+                true,
+            );
         }
         if let Some(d) = &self.disk {
             let (internal, header) = meta.serialize()?;
@@ -536,12 +542,15 @@ impl HandleMiss for Miss {
                 }
                 Bytes::from(all)
             };
-            st.mem.put(memory::MemObject {
-                id: self.id,
-                info: self.info.clone(),
-                meta: self.parts.clone(),
-                body,
-            });
+            st.mem.put(
+                memory::MemObject {
+                    id: self.id,
+                    info: self.info.clone(),
+                    meta: self.parts.clone(),
+                    body,
+                },
+                false,
+            );
         }
         crate::cache::metrics::tier_bytes(st);
         Ok(MissFinishType::Created(self.size))
