@@ -36,7 +36,8 @@ read -r ORIGIN_PORT NGINX_PORT CONG_PORT ADMIN_PORT < <(free_ports 4)
 
 log "origin: nginx on 127.0.0.1:$ORIGIN_PORT (CPU 0), 20 KB page with max-age=3600"
 mkdir -p "$WORK/origin/www"
-head -c 20480 /dev/urandom | base64 -w 0 | head -c 20480 >"$WORK/origin/www/20k"
+# 15,360 random bytes are exactly 20,480 base64 characters (no truncating pipe: pipefail).
+head -c 15360 /dev/urandom | base64 -w 0 >"$WORK/origin/www/20k"
 chmod 755 "$WORK/origin/www"
 chmod 644 "$WORK/origin/www/20k"
 ORIGIN_FILE="$WORK/origin/www/20k"
