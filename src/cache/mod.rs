@@ -401,8 +401,13 @@ pub fn path_of_key_url(url: &str) -> &str {
 /// pingora from [`variance`]). The tenant is also the user tag, for purges and accounting.
 pub fn cache_key(st: &ReqState, req: &RequestHeader) -> CacheKey {
     let pq = normalise_path_query(req.uri.path(), req.uri.query());
+    // Tenant ids cannot contain a newline, so the two parts cannot run into each other.
     let primary = format!("{}\n{}{}", st.tenant, st.origin, pq);
-    CacheKey::new(primary, st.tenant.clone())
+    let hash = pingora::cache::key::hash_key(&primary);
+    let mut key = CacheKey::new(primary, st.tenant.clone());
+    // pingora asks for the hash several times per request: compute it once.
+    key.set_primary_bin_override(hash);
+    key
 }
 
 fn no_default_ttl(_: http::StatusCode) -> Option<Duration> {
