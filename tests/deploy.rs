@@ -44,9 +44,10 @@ fn systemd_unit_uses_real_commands_and_the_example_paths() {
     assert!(example.contains("upgrade_sock = \"/run/cong/upgrade.sock\""));
     assert!(example.contains("state_dir = \"/var/lib/cong\""));
     let rw = value("ReadWritePaths");
-    for dir in ["/run/cong", "/var/lib/cong"] {
+    for dir in ["/run/cong", "/var/lib/cong", "/var/cache/cong"] {
         assert!(rw.split_whitespace().any(|d| d == dir), "{dir} writable");
     }
+    assert!(example.contains("disk_dir = \"/var/cache/cong\""));
     assert_eq!(value("CapabilityBoundingSet"), "CAP_NET_BIND_SERVICE");
     assert_eq!(value("NoNewPrivileges"), "yes");
     assert_eq!(value("ProtectSystem"), "strict");
