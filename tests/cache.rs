@@ -761,3 +761,24 @@ fn objects_over_the_size_limit_pass_through_and_config_errors_point_at_the_key()
         "{text}"
     );
 }
+
+#[test]
+fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
+    let origin = Origin::start();
+    let mut p = page(
+        "max-age=0, stale-while-revalidate=600",
+        "Lịch tiếp công dân",
+    );
+    // A slow origin: the stale answer must not wait for it.
+    p.delay_ms = 300;
+    origin.set("/lich", p);
+    let g = start(&origin, "", "");
+    assert_eq!(req(&g, "/lich", &[]).header("x-cache"), Some("MISS"));
+    let r = req(&g, "/lich", &[]);
+    assert_eq!((r.status, r.body.as_str()), (200, "Lịch tiếp công dân"));
+    assert_eq!(r.header("x-cache"), Some("STALE"));
+    // The refresh reaches the origin in the background.
+    wait_until("background revalidation", Duration::from_secs(10), || {
+        origin.hits("/lich") >= 2
+    });
+}

@@ -412,3 +412,66 @@ mod tests {
         assert_eq!(parse_hex(&hex(&[0xab; 16])), Some([0xab; 16]));
     }
 }
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+
+    fn store(tier: &DiskTier, id: ObjectId, body: &[u8]) {
+        let gen = tier.new_gen();
+        let tmp = tier.tmp_path(gen, "b");
+        std::fs::write(&tmp, body).unwrap();
+        let m = MetaFile {
+            info: ObjInfo {
+                tenant: "t".into(),
+                url: format!("http://h/{}", id[0]),
+            },
+            gen,
+            body_len: body.len() as u64,
+            internal: vec![1],
+            header: vec![2],
+        };
+        tier.commit(id, &tmp, &m).unwrap();
+    }
+
+    #[test]
+    fn survives_reopen_drops_truncated_and_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let tier = DiskTier::open(dir.path(), 1 << 20).unwrap();
+            store(&tier, [1; 16], &[7; 5000]);
+            store(&tier, [2; 16], &[8; 5000]);
+            // Replacing an object removes the old body file.
+            store(&tier, [2; 16], &[9; 6000]);
+            assert_eq!(tier.objects(), 2);
+            assert!(tier.read_meta(&[2; 16]).is_some_and(|m| m.body_len == 6000));
+        }
+        let e = DiskTier::open(dir.path(), 1 << 20).unwrap();
+        let body = e.body_path(&[1; 16], e.get(&[1; 16]).unwrap().gen);
+        drop(e);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&body)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        let tier = DiskTier::open(dir.path(), 1 << 20).unwrap();
+        assert!(
+            tier.get(&[1; 16]).is_none(),
+            "truncated object dropped at start"
+        );
+        assert!(tier.read_meta(&[2; 16]).is_some());
+        let bodies = std::fs::read_dir(dir.path().join("objects").join("02"))
+            .unwrap()
+            .filter(|f| f.as_ref().unwrap().path().extension().unwrap() == "b")
+            .count();
+        assert_eq!(bodies, 1, "the replaced body is gone");
+
+        // The bound: older objects go first.
+        let small = DiskTier::open(dir.path(), 8000).unwrap();
+        store(&small, [3; 16], &[1; 5000]);
+        assert!(small.bytes() <= 8000);
+        assert!(small.get(&[3; 16]).is_some());
+        assert!(small.get(&[2; 16]).is_none());
+    }
+}

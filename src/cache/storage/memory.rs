@@ -146,3 +146,48 @@ impl MemTier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::cache::CacheMeta;
+    use pingora::http::ResponseHeader;
+    use std::time::SystemTime;
+
+    fn obj(i: u32, len: usize) -> MemObject {
+        let now = SystemTime::now();
+        let meta = CacheMeta::new(now, now, 0, 0, ResponseHeader::build(200, None).unwrap());
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&i.to_le_bytes());
+        MemObject {
+            id,
+            info: Arc::new(ObjInfo {
+                tenant: "t".into(),
+                url: format!("http://h/{i}"),
+            }),
+            meta: MetaParts::from_meta(&meta),
+            body: Bytes::from(vec![b'x'; len]),
+        }
+    }
+
+    #[test]
+    fn never_above_the_bound_and_large_objects_refused() {
+        let tier = MemTier::new(256 * 1024, 32 * 1024);
+        assert!(!tier.put(obj(0, 40 * 1024), false));
+        for i in 1..400 {
+            tier.put(obj(i, 3000 + (i as usize % 7) * 1000), false);
+            assert!(
+                tier.bytes() <= tier.limit as u64,
+                "{} after {i}",
+                tier.bytes()
+            );
+        }
+        assert!(tier.objects() > 10);
+        let ids = tier.matching(&|_, _| true);
+        assert_eq!(ids.len(), tier.objects());
+        for id in ids {
+            tier.remove(&id);
+        }
+        assert_eq!(tier.bytes(), 0);
+    }
+}
