@@ -40,19 +40,27 @@ impl Purge {
 
     /// Whether a cached object of `tenant` with `key_url` (as built by the cache key:
     /// `scheme://host/path?normalised-query`) is covered by this purge.
+    #[cfg(test)]
     pub(crate) fn matches(&self, tenant: &str, key_url: &str) -> bool {
-        if tenant != self.tenant() {
-            return false;
-        }
-        match self {
-            Purge::Tenant { .. } => true,
-            Purge::Url { url, .. } => match super::key_url_from(url) {
-                Some(u) => u == key_url,
-                None => false,
-            },
-            Purge::Prefix { prefix, .. } => {
-                let path = super::path_of_key_url(key_url);
-                path.starts_with(prefix.as_str())
+        self.matcher()(tenant, key_url)
+    }
+
+    /// The test applied to every cached object (the URL is normalised once, not per object).
+    pub(crate) fn matcher(&self) -> impl Fn(&str, &str) -> bool + '_ {
+        let url = match self {
+            Purge::Url { url, .. } => super::key_url_from(url),
+            _ => None,
+        };
+        move |tenant: &str, key_url: &str| {
+            if tenant != self.tenant() {
+                return false;
+            }
+            match self {
+                Purge::Tenant { .. } => true,
+                Purge::Url { .. } => url.as_deref() == Some(key_url),
+                Purge::Prefix { prefix, .. } => {
+                    super::path_of_key_url(key_url).starts_with(prefix.as_str())
+                }
             }
         }
     }
@@ -65,7 +73,7 @@ static LISTENERS: RwLock<Vec<Arc<Listener>>> = RwLock::new(Vec::new());
 /// Purges this node's cache; returns how many objects went.
 pub fn apply_local(p: &Purge) -> u64 {
     let n = match super::storage::global() {
-        Some(s) => s.purge_matching(|tenant, url| p.matches(tenant, url)),
+        Some(s) => s.purge_matching(p.matcher()),
         None => 0,
     };
     super::metrics::purged(p.tenant(), n);
