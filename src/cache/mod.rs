@@ -108,7 +108,8 @@ impl Default for Settings {
 
 /// Write buffer of plain-HTTP listeners: the header and body of a cached page up to this size
 /// go out in one send. Pages are mostly 10–30 KB; pingora's default (1,460 bytes) sends the
-/// header on its own. Only touched pages of the buffer use memory.
+/// header on its own. The price: up to this much more memory per open connection (pingora's
+/// read buffer is 64 KiB).
 pub const LISTENER_WRITE_BUFFER: usize = 32 * 1024;
 
 static LOCK: OnceLock<&'static CacheKeyLockImpl> = OnceLock::new();
