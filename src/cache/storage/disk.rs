@@ -38,6 +38,8 @@ pub struct MetaFile {
 
 pub struct DiskTier {
     dir: PathBuf,
+    /// This process's directory for files being written.
+    tmp: PathBuf,
     pub limit: u64,
     index: Mutex<LruCache<ObjectId, DiskEntry>>,
     bytes: AtomicU64,
@@ -141,11 +143,24 @@ impl DiskTier {
     /// removed, and the oldest objects go when the bound shrank.
     pub fn open(dir: &Path, limit: u64) -> std::io::Result<DiskTier> {
         std::fs::create_dir_all(dir.join("objects"))?;
-        let tmp = dir.join("tmp");
-        // Half-written files of a previous run are never complete: drop them.
+        // Each process writes under tmp/PID. Half-written files of a process that is gone are
+        // never complete: drop them (a process handing over during an upgrade keeps its own).
+        let tmp_root = dir.join("tmp");
+        std::fs::create_dir_all(&tmp_root)?;
+        for e in std::fs::read_dir(&tmp_root)?.flatten() {
+            let pid: Option<i32> = e.file_name().to_str().and_then(|n| n.parse().ok());
+            // SAFETY: kill with signal 0 only checks whether the process exists.
+            let alive = pid.is_some_and(|p| p > 0 && unsafe { libc::kill(p, 0) } == 0);
+            if !alive {
+                let _ = std::fs::remove_dir_all(e.path());
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let tmp = tmp_root.join(std::process::id().to_string());
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         let tier = DiskTier {
+            tmp,
             dir: dir.to_path_buf(),
             limit,
             index: Mutex::new(LruCache::unbounded()),
@@ -236,7 +251,7 @@ impl DiskTier {
         self.shard(id).join(format!("{}-{gen}.b", hex(id)))
     }
     pub fn tmp_path(&self, gen: u64, what: &str) -> PathBuf {
-        self.dir.join("tmp").join(format!("{gen}.{what}"))
+        self.tmp.join(format!("{gen}.{what}"))
     }
     pub fn new_gen(&self) -> u64 {
         self.next_gen.fetch_add(1, Ordering::Relaxed)
