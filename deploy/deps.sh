@@ -3,7 +3,7 @@
 # with --test, the real programs the test suite starts (curl; BIND's named and nsupdate for
 # online checks and DNS-01; promtool; Chromium and Node.js for the accessibility checker;
 # rsyslogd with the TLS driver as the SOC receiver; pebble and pebble-challtestsrv as the ACME CA;
-# testssl for the TLS audit; nginx and h2load for the benchmarks). Debian/Ubuntu; installs only
+# testssl for the TLS audit; nginx and h2load for the benchmarks; the OWASP Core Rule Set). Debian/Ubuntu; installs only
 # what is missing, so it is quick on a machine that already has everything.
 set -euo pipefail
 
@@ -20,6 +20,10 @@ missing=()
 for i in "${!want_bins[@]}"; do
   command -v "${want_bins[$i]}" >/dev/null 2>&1 || missing+=("${want_pkgs[$i]}")
 done
+# The OWASP Core Rule Set as Debian installs it, which the WAF tests load unmodified.
+if [[ "${1:-}" == "--test" ]] && [[ ! -d /usr/share/modsecurity-crs/rules ]]; then
+  missing+=(modsecurity-crs)
+fi
 # The gtls network stream driver is a separate package; rsyslogd alone cannot do TLS.
 if [[ "${1:-}" == "--test" ]] && ! ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1; then
   missing+=(rsyslog-gnutls)
