@@ -8,4 +8,5 @@
 
 pub mod body;
 pub mod operators;
+pub mod seclang;
 pub mod transforms;
