@@ -1,10 +1,11 @@
-//! Web application firewall: runs ModSecurity rule sets (the OWASP Core Rule Set, unmodified)
-//! per tenant with linear-time regexes.
+//! Web application firewall: ModSecurity rule sets (the OWASP Core Rule Set, unmodified) with
+//! linear-time regexes.
 //!
-//! Owns the rule language (`seclang`), the compiled rule engine, operators (`operators`),
-//! transformations (`transforms`) and request body parsing (`body`). It reads a request and
-//! returns a verdict plus security events; it must not send responses, touch routing, limits
-//! or the cache itself: the pipeline in `proxy` acts on the verdict.
+//! Owns the rule language (`seclang`: loading and checking rule files), operators
+//! (`operators`), transformations (`transforms`) and request body parsing (`body`); the
+//! compiled rule engine and its per-tenant use in the pipeline build on these. It must not
+//! send responses, touch routing, limits or the cache itself: the pipeline in `proxy` acts on
+//! its verdicts.
 
 pub mod body;
 pub mod operators;
