@@ -279,10 +279,7 @@ fn url_decode(input: &[u8], uni: bool) -> Vec<u8> {
             && i + 6 <= input.len()
             && all_hex(&input[i + 2..i + 6])
         {
-            let code = input[i + 2..i + 6]
-                .iter()
-                .fold(0u32, |a, &b| a << 4 | u32::from(hex_val(b).unwrap_or(0)));
-            out.push(unicode_byte(code));
+            out.push(unicode_byte(hex_code(&input[i + 2..i + 6])));
             i += 6;
             continue;
         }
@@ -388,6 +385,48 @@ fn html_entity_decode(input: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The value of up to eight hex digits (callers pass at most six).
+fn hex_code(digits: &[u8]) -> u32 {
+    digits
+        .iter()
+        .fold(0u32, |a, &b| a << 4 | u32::from(hex_val(b).unwrap_or(0)))
+}
+
+/// A code point as one byte the way ModSecurity's JS/CSS decoders do: full-width ASCII
+/// folds to ASCII, anything else keeps its low byte.
+fn fold_wide(code: u32) -> u8 {
+    if (0xff01..=0xff5e).contains(&code) {
+        (code - 0xfee0) as u8
+    } else {
+        (code & 0xff) as u8
+    }
+}
+
+/// Reads up to `max` octal digits from `start`; returns the byte and where reading stopped.
+fn octal(input: &[u8], start: usize, max: usize) -> (u8, usize) {
+    let mut v: u32 = 0;
+    let mut j = start;
+    while j < input.len() && j < start + max && (b'0'..=b'7').contains(&input[j]) {
+        v = v * 8 + u32::from(input[j] - b'0');
+        j += 1;
+    }
+    (v as u8, j)
+}
+
+/// The C single-letter escapes (`\a \b \f \n \r \t \v`).
+fn c_escape(n: u8) -> Option<u8> {
+    Some(match n {
+        b'a' => 0x07,
+        b'b' => 0x08,
+        b'f' => 0x0c,
+        b'n' => b'\n',
+        b'r' => b'\r',
+        b't' => b'\t',
+        b'v' => 0x0b,
+        _ => return None,
+    })
+}
+
 fn js_decode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
@@ -399,14 +438,7 @@ fn js_decode(input: &[u8]) -> Vec<u8> {
         }
         let n = input[i + 1];
         if matches!(n, b'u' | b'U') && i + 6 <= input.len() && all_hex(&input[i + 2..i + 6]) {
-            let code = input[i + 2..i + 6]
-                .iter()
-                .fold(0u32, |a, &b| a << 4 | u32::from(hex_val(b).unwrap_or(0)));
-            out.push(if (0xff01..=0xff5e).contains(&code) {
-                (code - 0xfee0) as u8
-            } else {
-                (code & 0xff) as u8
-            });
+            out.push(fold_wide(hex_code(&input[i + 2..i + 6])));
             i += 6;
         } else if matches!(n, b'x' | b'X')
             && i + 4 <= input.len()
@@ -416,26 +448,11 @@ fn js_decode(input: &[u8]) -> Vec<u8> {
             i += 4;
         } else if (b'0'..=b'7').contains(&n) {
             // Up to three octal digits, but never beyond one byte.
-            let max = if n <= b'3' { 3 } else { 2 };
-            let mut v: u32 = 0;
-            let mut j = i + 1;
-            while j < input.len() && j < i + 1 + max && (b'0'..=b'7').contains(&input[j]) {
-                v = v * 8 + u32::from(input[j] - b'0');
-                j += 1;
-            }
-            out.push(v as u8);
-            i = j;
+            let (v, end) = octal(input, i + 1, if n <= b'3' { 3 } else { 2 });
+            out.push(v);
+            i = end;
         } else {
-            out.push(match n {
-                b'a' => 0x07,
-                b'b' => 0x08,
-                b'f' => 0x0c,
-                b'n' => b'\n',
-                b'r' => b'\r',
-                b't' => b'\t',
-                b'v' => 0x0b,
-                other => other,
-            });
+            out.push(c_escape(n).unwrap_or(n));
             i += 2;
         }
     }
@@ -463,14 +480,7 @@ fn css_decode(input: &[u8]) -> Vec<u8> {
             .count();
         if digits > 0 {
             let h = &input[i + 1..i + 1 + digits];
-            let code = h
-                .iter()
-                .fold(0u32, |a, &b| a << 4 | u32::from(hex_val(b).unwrap_or(0)));
-            out.push(if (0xff01..=0xff5e).contains(&code) {
-                (code - 0xfee0) as u8
-            } else {
-                (code & 0xff) as u8
-            });
+            out.push(fold_wide(hex_code(h)));
             i += 1 + digits;
             // One whitespace character ends the escape and is consumed with it.
             if i < input.len() && is_space(input[i]) {
@@ -498,15 +508,8 @@ fn escape_seq_decode(input: &[u8]) -> Vec<u8> {
         }
         let n = input[i + 1];
         let simple = match n {
-            b'a' => Some(0x07),
-            b'b' => Some(0x08),
-            b'f' => Some(0x0c),
-            b'n' => Some(b'\n'),
-            b'r' => Some(b'\r'),
-            b't' => Some(b'\t'),
-            b'v' => Some(0x0b),
             b'\\' | b'?' | b'\'' | b'"' => Some(n),
-            _ => None,
+            _ => c_escape(n),
         };
         if let Some(c) = simple {
             out.push(c);
@@ -524,14 +527,9 @@ fn escape_seq_decode(input: &[u8]) -> Vec<u8> {
                 }
             }
         } else if (b'0'..=b'7').contains(&n) {
-            let mut v: u32 = 0;
-            let mut j = i + 1;
-            while j < input.len() && j < i + 4 && (b'0'..=b'7').contains(&input[j]) {
-                v = v * 8 + u32::from(input[j] - b'0');
-                j += 1;
-            }
-            out.push(v as u8);
-            i = j;
+            let (v, end) = octal(input, i + 1, 3);
+            out.push(v);
+            i = end;
         } else {
             out.push(n);
             i += 2;
