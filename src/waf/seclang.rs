@@ -678,6 +678,8 @@ const CTLS: &[&str] = &[
 /// makes a rule meaningless (a regex that does not compile, a malformed action list).
 pub fn check(directives: &[Directive]) -> Result<Vec<Warning>, SyntaxError> {
     let mut warnings = Vec::new();
+    // Rules of a chain after the first carry no id: they are reported under the chain's.
+    let mut chain_id: Option<u64> = None;
     for d in directives {
         let (targets, operator, actions) = match &d.kind {
             Kind::Rule {
@@ -698,7 +700,13 @@ pub fn check(directives: &[Directive]) -> Result<Vec<Warning>, SyntaxError> {
             .iter()
             .find(|a| a.name == "id")
             .and_then(|a| a.value.as_deref())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .or(chain_id);
+        chain_id = if parsed.iter().any(|a| a.name == "chain") {
+            rule_id
+        } else {
+            None
+        };
         let mut warn = |message: String| {
             warnings.push(Warning {
                 file: d.file.clone(),
@@ -821,13 +829,14 @@ mod tests {
     #[test]
     fn unsupported_things_are_warnings_with_rule_ids() {
         let d = parse_str(
-            "SecRule REMOTE_ADDR \"@rbl x\" \"id:7,phase:1,pass,t:weird\"\n",
+            "SecRule REMOTE_ADDR \"@rbl x\" \"id:7,phase:1,pass,t:weird,chain\"\n  SecRule ARGS \"@geoLookup\"\n",
             Path::new("w.conf"),
         )
         .expect("parses");
         let w = check(&d).expect("loads");
-        assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w.iter().all(|w| w.rule_id == Some(7) && w.line == 1));
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w.iter().all(|w| w.rule_id == Some(7)));
+        assert_eq!(w[2].line, 2);
     }
 
     /// Debian's CRS loads unmodified, with the suite's setup file first.
