@@ -528,9 +528,12 @@ fn tcp_collector_outage_loses_nothing_and_keeps_order() {
                 .unwrap_or(false)
         },
     );
-    // Keep the collector away for a while with traffic still flowing.
-    while outage.elapsed() < Duration::from_secs(3) {
+    // Keep the collector away for a while with traffic still flowing: at least 3 s and at
+    // least 600 more events, however fast this machine is today.
+    let mut sent = 0;
+    while outage.elapsed() < Duration::from_secs(3) || sent < 600 {
         send(10, "outage2");
+        sent += 10;
     }
     rs.run();
     send(50, "after");
