@@ -69,9 +69,10 @@ pub trait Processor: Send {
 
 /// Creates a processor. `content_type` is the full header (multipart needs its boundary).
 pub fn processor(kind: Kind, content_type: &str, limits: Limits) -> Box<dyn Processor> {
-    let _ = (content_type, limits);
+    let _ = content_type;
     match kind {
-        Kind::UrlEncoded | Kind::Multipart | Kind::Json | Kind::Xml => Box::new(Unparsed),
+        Kind::UrlEncoded => Box::new(UrlEncoded::new(limits)),
+        Kind::Multipart | Kind::Json | Kind::Xml => Box::new(Unparsed),
     }
 }
 
@@ -86,5 +87,205 @@ impl Processor for Unparsed {
             error: Some("body processor not implemented".into()),
             ..Parsed::default()
         }
+    }
+}
+
+/// `application/x-www-form-urlencoded` the way ModSecurity stores ARGS_POST: pairs split on `&`,
+/// name and value split on the first `=` (no `=` gives an empty value), `+` becomes a space,
+/// valid `%XX` is decoded and invalid escapes are kept as they are (and flagged in
+/// `URLENCODED_ERROR`). State is one pending pair, so any chunk split gives the same result and
+/// the work is linear in the inspected bytes.
+struct UrlEncoded {
+    limits: Limits,
+    seen: usize,
+    name: Vec<u8>,
+    value: Vec<u8>,
+    in_value: bool,
+    out: Parsed,
+    bad_escape: bool,
+    dropped_args: bool,
+}
+
+impl UrlEncoded {
+    fn new(limits: Limits) -> Self {
+        UrlEncoded {
+            limits,
+            seen: 0,
+            name: Vec::new(),
+            value: Vec::new(),
+            in_value: false,
+            out: Parsed::default(),
+            bad_escape: false,
+            dropped_args: false,
+        }
+    }
+
+    fn end_pair(&mut self) {
+        let name = std::mem::take(&mut self.name);
+        let value = std::mem::take(&mut self.value);
+        let had_eq = std::mem::replace(&mut self.in_value, false);
+        if name.is_empty() && value.is_empty() && !had_eq {
+            return;
+        }
+        if self.out.args.len() >= self.limits.max_args {
+            self.dropped_args = true;
+            return;
+        }
+        let name = url_decode(&name, &mut self.bad_escape);
+        let value = url_decode(&value, &mut self.bad_escape);
+        self.out.args.push((name, value));
+    }
+}
+
+impl Processor for UrlEncoded {
+    fn feed(&mut self, chunk: &[u8]) {
+        let room = self.limits.inspect_bytes.saturating_sub(self.seen);
+        let chunk = &chunk[..chunk.len().min(room)];
+        self.seen += chunk.len();
+        for &b in chunk {
+            match b {
+                b'&' => self.end_pair(),
+                b'=' if !self.in_value => self.in_value = true,
+                _ if self.in_value => self.value.push(b),
+                _ => self.name.push(b),
+            }
+        }
+    }
+
+    fn finish(mut self: Box<Self>) -> Parsed {
+        self.end_pair();
+        if self.bad_escape {
+            self.out.vars.push(("URLENCODED_ERROR", b"1".to_vec()));
+        }
+        if self.dropped_args {
+            self.out.error = Some(format!(
+                "too many arguments (more than {})",
+                self.limits.max_args
+            ));
+        }
+        self.out
+    }
+}
+
+/// ModSecurity's non-strict URL decoding: `+` → space, valid `%XX` → byte, anything else kept.
+fn url_decode(input: &[u8], bad: &mut bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = input
+                    .get(i + 1..i + 3)
+                    .and_then(|h| Some((hex_val(h[0])?, hex_val(h[1])?)));
+                if let Some((hi, lo)) = hex {
+                    out.push(hi << 4 | lo);
+                    i += 3;
+                    continue;
+                }
+                *bad = true;
+                out.push(b'%');
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            inspect_bytes: 1 << 20,
+            max_args: 1000,
+            max_json_depth: 64,
+        }
+    }
+
+    fn parse(kind: Kind, ct: &str, body: &[u8], split: Option<usize>) -> Parsed {
+        let mut p = processor(kind, ct, limits());
+        match split {
+            Some(at) => {
+                p.feed(&body[..at]);
+                p.feed(&body[at..]);
+            }
+            None => p.feed(body),
+        }
+        p.finish()
+    }
+
+    fn pairs(p: &Parsed) -> Vec<(String, String)> {
+        p.args
+            .iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn urlencoded_like_modsecurity() {
+        let body = "ho_ten=Nguy%E1%BB%85n+V%C4%83n+A&q=a%3Db&flag&&x=1=2&bad=%zz%4";
+        let p = parse(
+            Kind::UrlEncoded,
+            "application/x-www-form-urlencoded",
+            body.as_bytes(),
+            None,
+        );
+        let got = pairs(&p);
+        assert_eq!(
+            got,
+            vec![
+                ("ho_ten".into(), "Nguyễn Văn A".into()),
+                ("q".into(), "a=b".into()),
+                ("flag".into(), "".into()),
+                ("x".into(), "1=2".into()),
+                ("bad".into(), "%zz%4".into()),
+            ]
+        );
+        assert!(p.vars.iter().any(|(k, _)| *k == "URLENCODED_ERROR"));
+        assert!(p.error.is_none());
+    }
+
+    #[test]
+    fn urlencoded_same_result_for_every_split() {
+        let body = b"a=1&b=%C4%91%E1%BA%A5t+n%C6%B0%E1%BB%9Bc&c&d=x%2";
+        let whole = pairs(&parse(Kind::UrlEncoded, "", body, None));
+        for at in 0..=body.len() {
+            assert_eq!(
+                pairs(&parse(Kind::UrlEncoded, "", body, Some(at))),
+                whole,
+                "split {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn urlencoded_bounded_args_and_bytes() {
+        let body = "a=1&".repeat(20_000);
+        let p = parse(Kind::UrlEncoded, "", body.as_bytes(), None);
+        assert_eq!(p.args.len(), 1000);
+        assert!(p.error.is_some());
+
+        let mut p = processor(
+            Kind::UrlEncoded,
+            "",
+            Limits {
+                inspect_bytes: 5,
+                ..limits()
+            },
+        );
+        p.feed(b"abc=123456789");
+        assert_eq!(pairs(&p.finish()), vec![("abc".into(), "1".into())]);
     }
 }
