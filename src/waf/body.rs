@@ -46,6 +46,8 @@ impl Kind {
             Some(Kind::UrlEncoded)
         } else if ct.starts_with("multipart/form-data") {
             Some(Kind::Multipart)
+        } else if ct.starts_with("application/json") {
+            Some(Kind::Json)
         } else {
             None
         }
@@ -72,7 +74,12 @@ pub fn processor(kind: Kind, content_type: &str, limits: Limits) -> Box<dyn Proc
     let _ = content_type;
     match kind {
         Kind::UrlEncoded => Box::new(UrlEncoded::new(limits)),
-        Kind::Multipart | Kind::Json | Kind::Xml => Box::new(Unparsed),
+        Kind::Json => Box::new(Json {
+            limits,
+            buf: Vec::new(),
+            truncated: false,
+        }),
+        Kind::Multipart | Kind::Xml => Box::new(Unparsed),
     }
 }
 
@@ -197,6 +204,101 @@ fn hex_val(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
+/// JSON flattened to ARGS the way libmodsecurity names them: `json.a.b` for object members and
+/// `json.list.array_0` for array elements. The body is kept only up to the inspection limit and
+/// parsed at the end; nesting deeper than `max_json_depth` is a body error, not a stack risk.
+struct Json {
+    limits: Limits,
+    buf: Vec<u8>,
+    truncated: bool,
+}
+
+impl Processor for Json {
+    fn feed(&mut self, chunk: &[u8]) {
+        let room = self.limits.inspect_bytes.saturating_sub(self.buf.len());
+        if chunk.len() > room {
+            self.truncated = true;
+        }
+        self.buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+
+    fn finish(self: Box<Self>) -> Parsed {
+        let mut out = Parsed::default();
+        if self.truncated {
+            out.error = Some("JSON body larger than the inspection limit".into());
+            return out;
+        }
+        if self.buf.iter().all(u8::is_ascii_whitespace) {
+            return out;
+        }
+        // serde_json refuses nesting past 128 levels itself; max_json_depth is checked below.
+        let value: serde_json::Value = match serde_json::from_slice(&self.buf) {
+            Ok(v) => v,
+            Err(e) => {
+                out.error = Some(format!("JSON parse error: {e}"));
+                return out;
+            }
+        };
+        let mut path = b"json".to_vec();
+        if let Err(e) = flatten(&value, &mut path, 0, &self.limits, &mut out) {
+            out.error = Some(e);
+        }
+        out
+    }
+}
+
+fn flatten(
+    v: &serde_json::Value,
+    path: &mut Vec<u8>,
+    depth: usize,
+    limits: &Limits,
+    out: &mut Parsed,
+) -> Result<(), String> {
+    use serde_json::Value;
+    if depth > limits.max_json_depth {
+        return Err(format!(
+            "JSON nesting deeper than {}",
+            limits.max_json_depth
+        ));
+    }
+    let leaf = |out: &mut Parsed, path: &[u8], val: Vec<u8>| {
+        if out.args.len() >= limits.max_args {
+            return Err(format!(
+                "too many arguments (more than {})",
+                limits.max_args
+            ));
+        }
+        out.args.push((path.to_vec(), val));
+        Ok(())
+    };
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                let len = path.len();
+                path.push(b'.');
+                path.extend_from_slice(k.as_bytes());
+                let r = flatten(child, path, depth + 1, limits, out);
+                path.truncate(len);
+                r?;
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                let len = path.len();
+                path.extend_from_slice(format!(".array_{i}").as_bytes());
+                let r = flatten(child, path, depth + 1, limits, out);
+                path.truncate(len);
+                r?;
+            }
+            Ok(())
+        }
+        Value::String(s) => leaf(out, path, s.as_bytes().to_vec()),
+        Value::Null => leaf(out, path, Vec::new()),
+        other => leaf(out, path, other.to_string().into_bytes()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +389,43 @@ mod tests {
         );
         p.feed(b"abc=123456789");
         assert_eq!(pairs(&p.finish()), vec![("abc".into(), "1".into())]);
+    }
+
+    #[test]
+    fn json_flattened_like_libmodsecurity() {
+        let body =
+            r#"{"ho_ten":"Trần Thị Bình","dia_chi":{"tinh":"Huế"},"sdt":["0912",5],"ok":true}"#;
+        let p = parse(Kind::Json, "application/json", body.as_bytes(), None);
+        let mut got = pairs(&p);
+        got.sort();
+        let mut want: Vec<(String, String)> = vec![
+            ("json.ho_ten".into(), "Trần Thị Bình".into()),
+            ("json.dia_chi.tinh".into(), "Huế".into()),
+            ("json.sdt.array_0".into(), "0912".into()),
+            ("json.sdt.array_1".into(), "5".into()),
+            ("json.ok".into(), "true".into()),
+        ];
+        want.sort();
+        assert_eq!(got, want);
+        for at in 0..=body.len() {
+            let mut split = pairs(&parse(Kind::Json, "", body.as_bytes(), Some(at)));
+            split.sort();
+            assert_eq!(split, want, "split {at}");
+        }
+    }
+
+    #[test]
+    fn json_hostile_inputs_are_errors() {
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(parse(Kind::Json, "", deep.as_bytes(), None).error.is_some());
+        let very_deep = "[".repeat(100_000);
+        assert!(parse(Kind::Json, "", very_deep.as_bytes(), None)
+            .error
+            .is_some());
+        assert!(parse(Kind::Json, "", b"{\"a\":", None).error.is_some());
+        let many = format!("[{}0]", "0,".repeat(5000));
+        let p = parse(Kind::Json, "", many.as_bytes(), None);
+        assert_eq!(p.args.len(), 1000);
+        assert!(p.error.is_some());
     }
 }
