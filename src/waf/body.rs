@@ -79,7 +79,13 @@ pub fn processor(kind: Kind, content_type: &str, limits: Limits) -> Box<dyn Proc
             buf: Vec::new(),
             truncated: false,
         }),
-        Kind::Multipart | Kind::Xml => Box::new(Unparsed),
+        Kind::Multipart => Box::new(Multipart {
+            boundary: multipart_boundary(content_type),
+            limits,
+            buf: Vec::new(),
+            total: 0,
+        }),
+        Kind::Xml => Box::new(Unparsed),
     }
 }
 
@@ -299,6 +305,155 @@ fn flatten(
     }
 }
 
+/// `multipart/form-data`: the inspected prefix of the body (up to the inspection limit) is kept
+/// and split at the end into parts; text parts become ARGS_POST, file parts only count their
+/// size. A body cut by the inspection limit or a malformed structure sets
+/// `MULTIPART_STRICT_ERROR`, which the recommended ModSecurity setup blocks on
+/// (rule 200003).
+struct Multipart {
+    boundary: Option<Vec<u8>>,
+    limits: Limits,
+    buf: Vec<u8>,
+    total: u64,
+}
+
+/// The `boundary=` parameter of a multipart Content-Type (quotes removed).
+fn multipart_boundary(ct: &str) -> Option<Vec<u8>> {
+    let lower = ct.to_ascii_lowercase();
+    let at = lower.find("boundary=")? + "boundary=".len();
+    let raw = ct[at..].split(';').next()?.trim();
+    let b = raw.trim_matches('"');
+    (!b.is_empty()).then(|| b.as_bytes().to_vec())
+}
+
+impl Processor for Multipart {
+    fn feed(&mut self, chunk: &[u8]) {
+        self.total += chunk.len() as u64;
+        let room = self.limits.inspect_bytes.saturating_sub(self.buf.len());
+        self.buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+
+    fn finish(self: Box<Self>) -> Parsed {
+        let mut out = Parsed::default();
+        let Some(boundary) = self.boundary else {
+            out.error = Some("multipart body without a boundary".into());
+            out.vars.push(("MULTIPART_STRICT_ERROR", b"1".to_vec()));
+            return out;
+        };
+        let truncated = self.total > self.buf.len() as u64;
+        let mut delim = b"--".to_vec();
+        delim.extend_from_slice(&boundary);
+        let finder = find_all(&self.buf, &delim);
+        let mut strict = false;
+        let mut combined: u64 = 0;
+        let starts: Vec<usize> = finder;
+        if starts.is_empty() {
+            strict = true;
+        }
+        for w in 0..starts.len() {
+            let begin = starts[w] + delim.len();
+            let rest = &self.buf[begin..];
+            if rest.starts_with(b"--") {
+                break; // closing delimiter
+            }
+            let end = starts.get(w + 1).copied().unwrap_or(self.buf.len());
+            let mut part = &self.buf[begin..end];
+            part = part.strip_prefix(b"\r\n").unwrap_or_else(|| {
+                strict = true;
+                part
+            });
+            let Some(hdr_end) = find(part, b"\r\n\r\n") else {
+                strict = true;
+                continue;
+            };
+            let headers = &part[..hdr_end];
+            let mut body = &part[hdr_end + 4..];
+            if w + 1 < starts.len() {
+                body = body.strip_suffix(b"\r\n").unwrap_or(body);
+            }
+            let (mut name, mut filename) = (None, None);
+            for line in headers.split(|&b| b == b'\n') {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let Some(colon) = line.iter().position(|&b| b == b':') else {
+                    strict = true;
+                    continue;
+                };
+                let (k, v) = (&line[..colon], line[colon + 1..].trim_ascii());
+                out.part_headers.push((k.to_vec(), line.to_vec()));
+                if k.eq_ignore_ascii_case(b"content-disposition") {
+                    name = disposition_param(v, b"name");
+                    filename = disposition_param(v, b"filename");
+                }
+            }
+            let Some(name) = name else {
+                strict = true;
+                continue;
+            };
+            match filename {
+                Some(filename) => {
+                    combined += body.len() as u64;
+                    out.files.push(FilePart {
+                        field: name,
+                        filename,
+                        size: body.len() as u64,
+                    });
+                }
+                None if out.args.len() < self.limits.max_args => {
+                    out.args.push((name, body.to_vec()));
+                }
+                None => out.error = Some("too many arguments".into()),
+            }
+        }
+        if truncated {
+            out.vars.push(("INBOUND_BODY_TRUNCATED", b"1".to_vec()));
+        }
+        if strict {
+            out.vars.push(("MULTIPART_STRICT_ERROR", b"1".to_vec()));
+            out.error
+                .get_or_insert_with(|| "malformed multipart body".into());
+        }
+        out.vars
+            .push(("FILES_COMBINED_SIZE", combined.to_string().into_bytes()));
+        out
+    }
+}
+
+/// Every start offset of `needle` in `hay` (non-overlapping); cost is body length × boundary
+/// length, and RFC 2046 caps boundaries at 70 bytes.
+fn find_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(i) = find(&hay[at..], needle) {
+        out.push(at + i);
+        at += i + needle.len();
+    }
+    out
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `name="..."` / `filename="..."` of a Content-Disposition value.
+fn disposition_param(v: &[u8], key: &[u8]) -> Option<Vec<u8>> {
+    for item in v.split(|&b| b == b';').skip(1) {
+        let item = item.trim_ascii();
+        let eq = item.iter().position(|&b| b == b'=')?;
+        if item[..eq].trim_ascii().eq_ignore_ascii_case(key) {
+            let val = item[eq + 1..].trim_ascii();
+            let val = val
+                .strip_prefix(b"\"")
+                .and_then(|x| x.strip_suffix(b"\""))
+                .unwrap_or(val);
+            return Some(val.to_vec());
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,5 +582,26 @@ mod tests {
         let p = parse(Kind::Json, "", many.as_bytes(), None);
         assert_eq!(p.args.len(), 1000);
         assert!(p.error.is_some());
+    }
+
+    #[test]
+    fn multipart_fields_and_files() {
+        let ct = "multipart/form-data; boundary=----XyZ";
+        let body = "------XyZ\r\nContent-Disposition: form-data; name=\"ho_ten\"\r\n\r\nLê Văn Tám\r\n\
+------XyZ\r\nContent-Disposition: form-data; name=\"don\"; filename=\"don.pdf\"\r\nContent-Type: application/pdf\r\n\r\n%PDF-1.4 abc\r\n\
+------XyZ--\r\n";
+        let whole = parse(Kind::Multipart, ct, body.as_bytes(), None);
+        assert_eq!(pairs(&whole), vec![("ho_ten".into(), "Lê Văn Tám".into())]);
+        assert_eq!(whole.files.len(), 1);
+        assert_eq!(whole.files[0].filename, b"don.pdf");
+        assert_eq!(whole.files[0].size, 12);
+        assert!(whole.error.is_none(), "{:?}", whole.error);
+        for at in 0..=body.len() {
+            let p = parse(Kind::Multipart, ct, body.as_bytes(), Some(at));
+            assert_eq!(pairs(&p), pairs(&whole));
+            assert_eq!(p.files.len(), 1);
+        }
+        let bad = parse(Kind::Multipart, ct, b"garbage", None);
+        assert!(bad.vars.iter().any(|(k, _)| *k == "MULTIPART_STRICT_ERROR"));
     }
 }
