@@ -43,6 +43,19 @@ pub fn free_addr(ip: &str) -> SocketAddr {
     SocketAddr::new(ip, free_port(&ip.to_string()))
 }
 
+/// Binds a listener on a fresh port of `ip`. A port found free can be taken by another process
+/// before we bind it, so a failed bind moves on to the next candidate instead of failing the test.
+pub fn bind_fresh(ip: &str) -> std::net::TcpListener {
+    let mut last = None;
+    for _ in 0..50 {
+        match std::net::TcpListener::bind(free_addr(ip)) {
+            Ok(l) => return l,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("backend bind on {ip}: {last:?}");
+}
+
 /// Waits until `f` holds, polling; panics with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -75,11 +88,25 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(name: &str, ip: &str) -> Backend {
-        Self::start_at(name, free_addr(ip))
+        Self::start_inner(name, bind_fresh(ip), None)
     }
 
+    /// Starts on exactly `addr` (a restart of a stopped backend): retries while the old socket
+    /// is still being torn down.
     pub fn start_at(name: &str, addr: SocketAddr) -> Backend {
-        Self::start_inner(name, addr, None)
+        let mut tries = 0;
+        let listener = loop {
+            match std::net::TcpListener::bind(addr) {
+                Ok(l) => break l,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    eprintln!("backend bind {addr}: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("backend bind {addr}: {e}"),
+            }
+        };
+        Self::start_inner(name, listener, None)
     }
 
     /// The same server over TLS with the given certificate chain and key (PEM).
@@ -101,16 +128,17 @@ impl Backend {
         .unwrap();
         Self::start_inner(
             name,
-            free_addr(ip),
+            bind_fresh(ip),
             Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
         )
     }
 
     fn start_inner(
         name: &str,
-        addr: SocketAddr,
+        std_listener: std::net::TcpListener,
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> Backend {
+        let addr = std_listener.local_addr().unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -119,7 +147,6 @@ impl Backend {
         let hits = Arc::new(AtomicU64::new(0));
         let health_hits = Arc::new(AtomicU64::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
-        let std_listener = std::net::TcpListener::bind(addr).expect("backend bind");
         std_listener.set_nonblocking(true).unwrap();
         let (n, h, hh, ok) = (
             name.to_string(),
