@@ -1231,6 +1231,31 @@ mod tests {
     }
 }
 
+#[cfg(test)]
+/// The vector files' byte notation, as ModSecurity's own runner reads it: after JSON
+/// decoding, a literal `\xHH` is the byte 0xHH and a literal `\uHHHH` the byte of its
+/// low eight bits.
+pub(crate) fn json2bin(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    for (marker, digits) in [(b'x', 2usize), (b'u', 4)] {
+        while let Some(at) = (0..v.len()).find(|&i| {
+            v[i] == b'\\'
+                && v.get(i + 1) == Some(&marker)
+                && v.len() >= i + 2 + digits
+                && v[i + 2..i + 2 + digits]
+                    .iter()
+                    .all(u8::is_ascii_alphanumeric)
+        }) {
+            let hex = &v[at + 2..at + 2 + digits];
+            let run = hex.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            let value = u32::from_str_radix(std::str::from_utf8(&hex[..run]).unwrap_or("0"), 16)
+                .unwrap_or(0) as u8;
+            v.splice(at..at + 2 + digits, [value]);
+        }
+    }
+    v
+}
+
 /// Replays cases recorded from libmodsecurity 3.0.9 (`transforms/modsecurity-3.0.9.tsv`:
 /// name, input hex, output hex, `-` for empty; `urlDecodeUni:20127` lines ran with the
 /// code page 20127 map loaded, plain `urlDecodeUni` lines without a map). Set
@@ -1308,7 +1333,7 @@ mod recorded {
 /// The shared SecLang transformation vectors (`../shared/seclang-vectors`), when present.
 #[cfg(test)]
 mod vectors {
-    use super::Transform;
+    use super::{json2bin, Transform};
     use std::path::Path;
 
     /// Vectors whose expected output is not libmodsecurity 3.0.9's, with the reason (checked
@@ -1342,30 +1367,6 @@ mod vectors {
             "libmodsecurity drops the odd last digit (\"Test\\0\"), not \"\"",
         ),
     ];
-
-    /// The vector files' byte notation, as ModSecurity's own runner reads it: after JSON
-    /// decoding, a literal `\xHH` is the byte 0xHH and a literal `\uHHHH` the byte of its
-    /// low eight bits.
-    pub(super) fn json2bin(s: &str) -> Vec<u8> {
-        let mut v = s.as_bytes().to_vec();
-        for (marker, digits) in [(b'x', 2usize), (b'u', 4)] {
-            while let Some(at) = (0..v.len()).find(|&i| {
-                v[i] == b'\\'
-                    && v.get(i + 1) == Some(&marker)
-                    && v.len() >= i + 2 + digits
-                    && v[i + 2..i + 2 + digits]
-                        .iter()
-                        .all(u8::is_ascii_alphanumeric)
-            }) {
-                let hex = &v[at + 2..at + 2 + digits];
-                let run = hex.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-                let value = u32::from_str_radix(std::str::from_utf8(&hex[..run]).unwrap_or("0"), 16)
-                    .unwrap_or(0) as u8;
-                v.splice(at..at + 2 + digits, [value]);
-            }
-        }
-        v
-    }
 
     #[test]
     fn seclang_transformation_vectors() {

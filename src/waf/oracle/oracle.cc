@@ -1,14 +1,5 @@
-// Reference outputs from libmodsecurity 3.0.9 for cong's transformation and operator tests.
-//
-// Reads lines from stdin and answers one line each (hex, "-" for empty):
-//   T <name> <hex input>                 transformation without a transaction
-//   U <name> <hex input>                 transformation with the code page 20127 map loaded
-//   O <name> <hex param> <hex input>     operator: 1 or 0 (E <error> when init fails)
-// Build (needs libmodsecurity-dev, libpcre2-dev and the ModSecurity v3.0.9 source tree for its
-// internal headers):
-//   g++ -std=c++17 -DWITH_PCRE2 -DPCRE2_CODE_UNIT_WIDTH=8 -I$SRC -I$SRC/headers \
-//       -o oracle oracle.cc -lmodsecurity
-// Run: ./oracle [path to ModSecurity's unicode.mapping]
+// Differential oracle: evaluates transformations/operators with Debian's libmodsecurity 3.0.9.
+// stdin lines: "T <name> <hexinput>" | "U <name> <hexinput>" (with unicode map tx) | "O <name> <hexparam> <hexinput>"
 #include <iostream>
 #include <string>
 #include <sstream>
@@ -17,6 +8,9 @@
 #include "modsecurity/transaction.h"
 #include "src/actions/transformations/transformation.h"
 #include "src/operators/operator.h"
+
+extern "C" int libinjection_sqli(const char *s, size_t slen, char fingerprint[]);
+extern "C" int libinjection_xss(const char *s, size_t slen);
 
 static std::string unhex(const std::string &h) {
     std::string out;
@@ -32,10 +26,11 @@ static std::string tohex(const std::string &s) {
 int main(int argc, char **argv) {
     modsecurity::ModSecurity *ms = new modsecurity::ModSecurity();
     modsecurity::RulesSet *rules = new modsecurity::RulesSet();
-    std::string conf = std::string("SecUnicodeMapFile ") + (argc > 1 ? argv[1] : "unicode.mapping") + " 20127\n";
+    std::string conf = std::string("SecUnicodeMapFile ") + (argc > 1 ? argv[1] : "/tmp/msc/unicode.mapping") + " 20127\n";
     if (rules->load(conf.c_str()) < 0) { std::cerr << rules->getParserError() << std::endl; return 1; }
     modsecurity::Transaction *tx = new modsecurity::Transaction(ms, rules, nullptr);
     std::string line;
+    modsecurity::operators::Operator *current = nullptr;
     while (std::getline(std::cin, line)) {
         std::istringstream ss(line);
         std::string kind, name, a, b;
@@ -43,7 +38,24 @@ int main(int argc, char **argv) {
         if (a == "-") a = "";
         if (b == "-") b = "";
         try {
-            if (kind == "T" || kind == "U") {
+            if (kind == "P") {
+                // P <op> <hex param>: compile an operator for the I lines that follow.
+                delete current;
+                current = modsecurity::operators::Operator::instantiate(name, unhex(a));
+                std::string err;
+                std::cout << (current->init("oracle", &err) ? "ok" : "E " + err) << "\n";
+            } else if (kind == "I") {
+                std::string in = unhex(name == "-" ? "" : name);
+                std::cout << (current && current->evaluate(nullptr, nullptr, in, nullptr) ? 1 : 0) << "\n";
+            } else if (kind == "S") {
+                std::string in = unhex(name == "-" ? "" : name);
+                char fp[8] = {0};
+                int r = libinjection_sqli(in.c_str(), in.size(), fp);
+                std::cout << r << " " << (r ? fp : "-") << "\n";
+            } else if (kind == "X") {
+                std::string in = unhex(name == "-" ? "" : name);
+                std::cout << libinjection_xss(in.c_str(), in.size()) << "\n";
+            } else if (kind == "T" || kind == "U") {
                 auto *t = modsecurity::actions::transformations::Transformation::instantiate("t:" + name);
                 std::string r = t->evaluate(unhex(a), kind == "U" ? tx : nullptr);
                 std::cout << (r.empty() ? "-" : tohex(r)) << "\n";
@@ -51,7 +63,7 @@ int main(int argc, char **argv) {
             } else {
                 auto *op = modsecurity::operators::Operator::instantiate(name, unhex(a));
                 std::string err;
-                if (!op->init("oracle", &err)) { std::cout << "E " << err << "\n"; delete op; continue; }
+                if (!op->init("/tmp/oracle/x", &err)) { std::cout << "E " << err << "\n"; delete op; continue; }
                 bool r = op->evaluate(nullptr, nullptr, unhex(b), nullptr);
                 std::cout << (r ? 1 : 0) << "\n";
                 delete op;
