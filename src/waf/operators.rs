@@ -44,7 +44,8 @@ const DYNAMIC_MAX_LEN: usize = 64 << 10;
 
 #[derive(Debug)]
 enum Re {
-    Linear(regex::bytes::Regex),
+    /// With, for patterns using `^`, the variant whose `^` cannot match (see `at_end`).
+    Linear(regex::bytes::Regex, Option<regex::bytes::Regex>),
     Backtracking(fancy_regex::Regex),
     /// The empty pattern: libmodsecurity matches everything without running a regex.
     Empty,
@@ -311,14 +312,22 @@ fn compile_regex(pattern: &str) -> Result<Re, String> {
         return Ok(Re::Empty);
     }
     let translated = regex_compat::translate(pattern);
-    let linear_err = match regex::bytes::RegexBuilder::new(&translated)
-        .unicode(false)
-        .dot_matches_new_line(true)
-        .multi_line(true)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-    {
-        Ok(re) => return Ok(Re::Linear(re)),
+    let build = |p: &str| {
+        regex::bytes::RegexBuilder::new(p)
+            .unicode(false)
+            .dot_matches_new_line(true)
+            .multi_line(true)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+    };
+    let linear_err = match build(&translated) {
+        Ok(re) => {
+            let no_caret = match regex_compat::without_caret(&translated) {
+                Some(p) => Some(build(&p).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            return Ok(Re::Linear(re, no_caret));
+        }
         Err(e) => e,
     };
     fancy_regex::RegexBuilder::new(&format!("(?sm){translated}"))
@@ -361,7 +370,25 @@ fn regex_match(re: &Re, input: &[u8], capture: bool, captures: &mut Vec<Vec<u8>>
             }
             true
         }
-        Re::Linear(re) if capture => match re.captures(input) {
+        Re::Linear(re, Some(no_caret)) if input.ends_with(b"\n") => {
+            // PCRE's multiline `^` does not match after the newline that ends the subject:
+            // an empty match there counts only if it needs no `^`.
+            match re.find(input) {
+                Some(m) if m.start() == input.len() => {
+                    let hit = no_caret.is_match_at(input, input.len());
+                    if hit && capture {
+                        captures.push(Vec::new());
+                    }
+                    hit
+                }
+                Some(_) if capture => {
+                    regex_match(&Re::Linear(re.clone(), None), input, true, captures)
+                }
+                Some(_) => true,
+                None => false,
+            }
+        }
+        Re::Linear(re, _) if capture => match re.captures(input) {
             Some(c) => {
                 let last = (0..c.len())
                     .rev()
@@ -374,7 +401,7 @@ fn regex_match(re: &Re, input: &[u8], capture: bool, captures: &mut Vec<Vec<u8>>
             }
             None => false,
         },
-        Re::Linear(re) => re.is_match(input),
+        Re::Linear(re, _) => re.is_match(input),
         Re::Backtracking(re) if capture => match re.captures(input) {
             Ok(Some(c)) => {
                 let last = (0..c.len())
@@ -769,6 +796,11 @@ mod tests {
         assert!(hit("rx", "", b"anything"));
         assert!(hit("rx", "\\<script", b"<script"));
         assert!(hit("rx", "x{", b"x{"));
+        // PCRE's multiline `^` does not match after a final newline.
+        assert!(!hit("rx", "^$", b"abc\n"));
+        assert!(hit("rx", "^$", b"abc\n\n"));
+        assert!(hit("rx", "^$", b""));
+        assert!(hit("rx", "^|$", b"abc\n"));
     }
 
     #[test]
@@ -1014,6 +1046,141 @@ mod crs {
             }
         }
         out
+    }
+
+    /// Compares with PCRE: run with `--ignored`, `CONG_WAF_RX_INPUTS` naming a file of inputs
+    /// (hex, one a line) and `CONG_WAF_RX_OUT` a file to write, one line per CRS regex: the
+    /// pattern in hex, a tab, and one `0`/`1` per input. `src/waf/oracle` has the same for
+    /// libmodsecurity (`rxbatch`), so the two files can be compared line by line.
+    #[test]
+    #[ignore]
+    fn crs_regex_verdicts() {
+        let (Ok(inputs), Ok(out)) = (
+            std::env::var("CONG_WAF_RX_INPUTS"),
+            std::env::var("CONG_WAF_RX_OUT"),
+        ) else {
+            return;
+        };
+        let inputs: Vec<Vec<u8>> = std::fs::read_to_string(inputs)
+            .unwrap_or_default()
+            .lines()
+            .map(|h| {
+                (0..h.len() / 2)
+                    .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap_or(0))
+                    .collect()
+            })
+            .collect();
+        let mut text = String::new();
+        for (_, pattern) in patterns() {
+            let hex: String = pattern.bytes().map(|b| format!("{b:02x}")).collect();
+            let row: String = match Operator::compile("rx", &pattern, false, Path::new(RULES)) {
+                Ok(op) => inputs
+                    .iter()
+                    .map(|i| {
+                        if op.matches(i, &NoMacros, false, &mut Vec::new()) {
+                            '1'
+                        } else {
+                            '0'
+                        }
+                    })
+                    .collect(),
+                Err(_) => "E".into(),
+            };
+            text.push_str(&format!("{hex}\t{row}\n"));
+        }
+        std::fs::write(out, text).unwrap_or_default();
+    }
+
+    struct NoMacros;
+    impl Macros for NoMacros {
+        fn expand<'a>(&self, text: &'a str) -> Cow<'a, str> {
+            Cow::Borrowed(text)
+        }
+    }
+
+    fn fnv1a(b: &[u8]) -> u64 {
+        b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &x| {
+            (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
+    fn unescape(s: &str) -> Vec<u8> {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                if let Some(v) = s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        out
+    }
+
+    /// The installed CRS regexes give PCRE's verdicts on the inputs recorded with
+    /// libmodsecurity 3.0.9 (`operators/crs-3.3.4-pcre.tsv`).
+    #[test]
+    fn crs_regexes_agree_with_pcre() {
+        let all = patterns();
+        if all.is_empty() {
+            eprintln!("{RULES} not installed: skipped");
+            return;
+        }
+        let text = include_str!("operators/crs-3.3.4-pcre.tsv");
+        let mut inputs = Vec::new();
+        let mut want = std::collections::HashMap::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            match f[..] {
+                ["I", input] => inputs.push(unescape(input)),
+                ["R", key, bits] => {
+                    want.insert(key.to_string(), bits.to_string());
+                }
+                _ => {}
+            }
+        }
+        let (mut checked, mut evaluations, mut failed) = (0, 0, Vec::new());
+        for (file, pattern) in &all {
+            let Some(bits) = want.get(&format!("{:016x}", fnv1a(pattern.as_bytes()))) else {
+                continue;
+            };
+            let Ok(op) = Operator::compile("rx", pattern, false, Path::new(RULES)) else {
+                failed.push(format!("{file}: does not compile"));
+                continue;
+            };
+            checked += 1;
+            for (n, input) in inputs.iter().enumerate() {
+                let nibble = bits
+                    .as_bytes()
+                    .get(n / 4)
+                    .and_then(|c| char::from(*c).to_digit(16))
+                    .unwrap_or(0);
+                let pcre = nibble >> (3 - n % 4) & 1 == 1;
+                evaluations += 1;
+                if op.matches(input, &NoMacros, false, &mut Vec::new()) != pcre && failed.len() < 20
+                {
+                    failed.push(format!(
+                        "{file}: {:?} on {:?}: PCRE says {pcre}",
+                        &pattern[..pattern.len().min(80)],
+                        String::from_utf8_lossy(input)
+                    ));
+                }
+            }
+        }
+        eprintln!("{checked} CRS regexes checked against PCRE on {evaluations} evaluations");
+        assert!(failed.is_empty(), "{}", failed.join("\n"));
+        assert!(
+            checked > 200,
+            "only {checked} regexes found in the recording"
+        );
     }
 
     #[test]

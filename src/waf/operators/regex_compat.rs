@@ -140,6 +140,53 @@ pub(super) fn translate(pattern: &str) -> String {
     out
 }
 
+/// For a translated pattern that uses `^` outside a class: the same pattern with every such
+/// `^` unable to match. PCRE's multiline `^` does not match after a newline that ends the
+/// subject, the `regex` crate's does; the caller uses this variant to re-check an empty
+/// match at the very end of such a subject.
+pub(super) fn without_caret(translated: &str) -> Option<String> {
+    let b = translated.as_bytes();
+    let mut out = String::with_capacity(b.len() + 16);
+    let (mut i, mut in_class, mut found) = (0, false, false);
+    while i < b.len() {
+        match b[i] {
+            b'\\' => {
+                out.push_str(&translated[i..(i + 2).min(b.len())]);
+                i += 2;
+                continue;
+            }
+            b'[' if !in_class => {
+                in_class = true;
+                out.push('[');
+                i += 1;
+                // A '^' right after '[' negates the class.
+                if b.get(i) == Some(&b'^') {
+                    out.push('^');
+                    i += 1;
+                }
+                continue;
+            }
+            b'[' if b[i..].starts_with(b"[:") => {
+                let end = translated[i..].find(":]").map_or(b.len(), |e| i + e + 2);
+                out.push_str(&translated[i..end]);
+                i = end;
+                continue;
+            }
+            b']' if in_class => in_class = false,
+            b'^' if !in_class => {
+                out.push_str("[^\\x00-\\xFF]");
+                found = true;
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    found.then_some(out)
+}
+
 fn push_byte(out: &mut String, c: u8) {
     if c.is_ascii() {
         out.push(c as char);
@@ -320,5 +367,10 @@ mod tests {
         ] {
             assert_eq!(translate(pcre), want, "{pcre}");
         }
+        assert_eq!(
+            super::without_caret("^a[^b]\\^|(?m:^)").as_deref(),
+            Some("[^\\x00-\\xFF]a[^b]\\^|(?m:[^\\x00-\\xFF])")
+        );
+        assert_eq!(super::without_caret("a[^^]"), None);
     }
 }
