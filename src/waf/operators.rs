@@ -908,6 +908,49 @@ mod recorded {
         out
     }
 
+    /// `libinjectionrs` against the libinjection libmodsecurity 3.0.9 bundles (an older
+    /// libinjection). Where they differ the recording says so: libinjectionrs follows
+    /// libinjection 4, whose XSS check flags only known `on*` event attributes (the old one
+    /// flags any attribute starting with "on") and reads NULs inside names differently; the
+    /// SQLi differences are inputs with NULs. None of libinjection's own test inputs and
+    /// none of the CRS regression payloads differ. This test fails if the set of
+    /// differences changes.
+    #[test]
+    fn libinjection_as_libmodsecurity() {
+        let (mut same, mut known, mut new) = (0, 0, Vec::new());
+        let text = include_str!("operators/libinjection-modsecurity-3.0.9.tsv");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let f: Vec<&str> = line.split('\t').collect();
+            let (input, sqli, xss) = match f[..] {
+                [i, s, x, ..] => (unescape(i), s, x),
+                _ => continue,
+            };
+            let differs = f.get(3) == Some(&"differs");
+            let r = libinjectionrs::detect_sqli(&input);
+            let ours_sqli = match (&r.is_injection(), &r.fingerprint) {
+                (true, Some(fp)) => format!("1 {fp}"),
+                _ => "0 -".to_string(),
+            };
+            let ours_xss = if libinjectionrs::detect_xss(&input).is_injection() {
+                "1"
+            } else {
+                "0"
+            };
+            let agree = ours_sqli.starts_with(&sqli[..1]) && ours_xss == xss;
+            match (agree, differs) {
+                (true, false) => same += 1,
+                (false, true) => known += 1,
+                _ => new.push(format!(
+                    "{:?}: libinjectionrs {ours_sqli}/{ours_xss}, libmodsecurity {sqli}/{xss}",
+                    String::from_utf8_lossy(&input)
+                )),
+            }
+        }
+        eprintln!("libinjection: {same} inputs agree, {known} known differences");
+        assert!(new.is_empty(), "{}", new.join("\n"));
+        assert!(same > 1000);
+    }
+
     #[test]
     fn libmodsecurity_3_0_9_verdicts() {
         let (mut passed, mut failed) = (0, Vec::new());
@@ -1271,6 +1314,44 @@ mod crs {
             checked > 200,
             "only {checked} regexes found in the recording"
         );
+    }
+
+    /// Every operator of the installed CRS compiles, except the two the access step covers.
+    #[test]
+    fn every_crs_operator_compiles() {
+        let Ok(dir) = std::fs::read_dir(RULES) else {
+            eprintln!("{RULES} not installed: skipped");
+            return;
+        };
+        let (mut ok, mut unsupported, mut failed) = (0, Vec::new(), Vec::new());
+        for path in dir.flatten().map(|e| e.path()) {
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for op in operators(&text) {
+                let op = op.strip_prefix('!').unwrap_or(&op);
+                let Some(rest) = op.strip_prefix('@') else {
+                    // No operator is an implicit @rx.
+                    continue;
+                };
+                let (name, param) = rest.split_once(' ').unwrap_or((rest, ""));
+                match Operator::compile(name, param, false, Path::new(RULES)) {
+                    Ok(_) => ok += 1,
+                    Err(OpError::Unsupported(n)) => unsupported.push(n),
+                    Err(e) => failed.push(format!("{}: {e}", path.display())),
+                }
+            }
+        }
+        unsupported.sort();
+        eprintln!("CRS operators: {ok} compile, unsupported: {unsupported:?}");
+        assert!(failed.is_empty(), "{}", failed.join("\n"));
+        assert!(
+            unsupported
+                .iter()
+                .all(|n| n.starts_with("rbl ") || n.starts_with("geoLookup ")),
+            "{unsupported:?}"
+        );
+        assert!(ok > 700, "only {ok}");
     }
 
     #[test]
