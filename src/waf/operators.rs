@@ -39,8 +39,11 @@ const BACKTRACK_LIMIT: usize = 1_000_000;
 const REGEX_SIZE_LIMIT: usize = 64 << 20;
 /// Regexes compiled at evaluation (parameters with macros) kept per operator.
 const DYNAMIC_CACHE: usize = 16;
-/// A macro-expanded regex longer than this is not compiled (no match).
-const DYNAMIC_MAX_LEN: usize = 64 << 10;
+/// A macro-expanded regex longer than this is not compiled (no match): expanded values
+/// may come from the request, and compiling is the expensive part.
+const DYNAMIC_MAX_LEN: usize = 8 << 10;
+/// Compiled-program limit of a macro-expanded regex.
+const DYNAMIC_SIZE_LIMIT: usize = 2 << 20;
 
 #[derive(Debug)]
 enum Re {
@@ -223,6 +226,39 @@ impl Operator {
         matches!(self.kind, Kind::Rx(Re::Backtracking(_)))
     }
 
+    /// For an `@rx` on the linear engine: byte strings one of which every match starts with
+    /// (`None` when no such short set exists). Necessary, not sufficient: an engine can skip
+    /// the regex for a value containing none of them, e.g. with one Aho-Corasick pass over a
+    /// value for all the rules that inspect it. Case-insensitive patterns give their case
+    /// variants, up to a bound.
+    pub fn required_literals(&self) -> Option<Vec<Vec<u8>>> {
+        use regex_syntax::hir::literal::{ExtractKind, Extractor};
+        let Kind::Rx(Re::Linear(re, _)) = &self.kind else {
+            return None;
+        };
+        let hir = regex_syntax::ParserBuilder::new()
+            .unicode(false)
+            .utf8(false)
+            .dot_matches_new_line(true)
+            .multi_line(true)
+            .build()
+            .parse(re.as_str())
+            .ok()?;
+        let mut extractor = Extractor::new();
+        extractor
+            .kind(ExtractKind::Prefix)
+            .limit_class(8)
+            .limit_repeat(4)
+            .limit_literal_len(32)
+            .limit_total(256);
+        let seq = extractor.extract(&hir);
+        let literals = seq.literals()?;
+        if literals.is_empty() || literals.iter().any(|l| l.as_bytes().is_empty()) {
+            return None;
+        }
+        Some(literals.iter().map(|l| l.as_bytes().to_vec()).collect())
+    }
+
     /// For `@pm`/`@pmFromFile`: the phrases (lowercase ASCII compares equal to any case).
     /// An engine may use them as a pre-filter across rules.
     pub fn phrases(&self) -> Option<&[Vec<u8>]> {
@@ -308,6 +344,10 @@ impl Operator {
 
 /// Compiles a SecLang regex: linear engine first, bounded backtracking only when needed.
 fn compile_regex(pattern: &str) -> Result<Re, String> {
+    compile_regex_limited(pattern, REGEX_SIZE_LIMIT)
+}
+
+fn compile_regex_limited(pattern: &str, size_limit: usize) -> Result<Re, String> {
     if pattern.is_empty() {
         return Ok(Re::Empty);
     }
@@ -317,7 +357,7 @@ fn compile_regex(pattern: &str) -> Result<Re, String> {
             .unicode(false)
             .dot_matches_new_line(true)
             .multi_line(true)
-            .size_limit(REGEX_SIZE_LIMIT)
+            .size_limit(size_limit)
             .build()
     };
     let linear_err = match build(&translated) {
@@ -333,7 +373,7 @@ fn compile_regex(pattern: &str) -> Result<Re, String> {
     fancy_regex::RegexBuilder::new(&format!("(?sm){translated}"))
         .bytes_mode(fancy_regex::BytesMode::Ascii)
         .backtrack_limit(BACKTRACK_LIMIT)
-        .delegate_size_limit(REGEX_SIZE_LIMIT)
+        .delegate_size_limit(size_limit)
         .build()
         .map(Re::Backtracking)
         .map_err(|e| format!("{e} (linear engine: {linear_err})"))
@@ -352,7 +392,7 @@ fn dynamic_regex(cache: &Mutex<Vec<(String, Arc<Re>)>>, pattern: &str) -> Option
         return Some(re);
     }
     // A pattern that does not compile matches nothing, as in libmodsecurity.
-    let re = Arc::new(compile_regex(pattern).ok()?);
+    let re = Arc::new(compile_regex_limited(pattern, DYNAMIC_SIZE_LIMIT).ok()?);
     if cache.len() >= DYNAMIC_CACHE {
         cache.remove(0);
     }
@@ -817,6 +857,18 @@ mod tests {
         let evil = op("rx", "^(a+)+\\1$");
         let input = [vec![b'a'; 64], b"!".to_vec()].concat();
         assert!(!evil.matches(&input, &Tx, false, &mut Vec::new()));
+    }
+
+    #[test]
+    fn required_literals_are_necessary() {
+        let lits = op("rx", "(?:union|select)x").required_literals();
+        assert_eq!(lits, Some(vec![b"unionx".to_vec(), b"selectx".to_vec()]));
+        assert_eq!(op("rx", "\\d+").required_literals(), None);
+        assert_eq!(
+            op("rx", "a?b").required_literals().map(|l| l.len()),
+            Some(2)
+        );
+        assert_eq!(op("rx", "a(?!b)").required_literals(), None);
     }
 
     #[test]
@@ -1290,6 +1342,7 @@ mod crs {
                 continue;
             };
             checked += 1;
+            let literals = op.required_literals();
             for (n, input) in inputs.iter().enumerate() {
                 let nibble = bits
                     .as_bytes()
@@ -1298,8 +1351,16 @@ mod crs {
                     .unwrap_or(0);
                 let pcre = nibble >> (3 - n % 4) & 1 == 1;
                 evaluations += 1;
-                if op.matches(input, &NoMacros, false, &mut Vec::new()) != pcre && failed.len() < 20
-                {
+                let hit = op.matches(input, &NoMacros, false, &mut Vec::new());
+                if hit {
+                    // A match contains one of the required literals.
+                    if let Some(lits) = &literals {
+                        if !lits.iter().any(|l| find(input, l, 0).is_some()) {
+                            failed.push(format!("{file}: literals of {pattern:?} missed"));
+                        }
+                    }
+                }
+                if hit != pcre && failed.len() < 20 {
                     failed.push(format!(
                         "{file}: {:?} on {:?}: PCRE says {pcre}",
                         &pattern[..pattern.len().min(80)],
@@ -1369,8 +1430,14 @@ mod crs {
                 Err(err) => failed.push(format!("{file}: {err}")),
             }
         }
+        let with_literals = all
+            .iter()
+            .filter_map(|(_, p)| Operator::compile("rx", p, false, Path::new(RULES)).ok())
+            .filter(|o| o.required_literals().is_some())
+            .count();
         eprintln!(
-            "CRS regexes: {} in all, {linear} linear, {} backtracking",
+            "CRS regexes: {} in all, {linear} linear, {} backtracking, {with_literals} with \
+             required literals",
             all.len(),
             backtracking.len()
         );
