@@ -60,8 +60,9 @@ enum Kind {
     /// `@rx` whose parameter holds macros: compiled per expanded value, cached.
     RxDynamic(String, Mutex<Vec<(String, Arc<Re>)>>),
     Pm(Option<AhoCorasick>, Vec<Vec<u8>>),
-    Str(StrOp, String),
-    Num(NumOp, String),
+    /// The parameter, and whether it holds macros to expand at evaluation.
+    Str(StrOp, String, bool),
+    Num(NumOp, String, bool),
     IpMatch(Vec<ipnet::IpNet>),
     ByteRange(Box<[bool; 256]>),
     ValidateUrlEncoding,
@@ -142,7 +143,7 @@ impl Operator {
     ) -> Result<Operator, OpError> {
         let lower = name.to_ascii_lowercase();
         let (canonical, kind): (&'static str, Kind) = match lower.as_str() {
-            "rx" if param.contains("%{") => (
+            "rx" if has_macro(param) => (
                 "rx",
                 Kind::RxDynamic(param.to_string(), Mutex::new(Vec::new())),
             ),
@@ -160,24 +161,54 @@ impl Operator {
                 }
                 ("pmFromFile", pm(phrases)?)
             }
-            "streq" => ("streq", Kind::Str(StrOp::Streq, param.to_string())),
+            "streq" => (
+                "streq",
+                Kind::Str(StrOp::Streq, param.to_string(), has_macro(param)),
+            ),
             "beginswith" => (
                 "beginsWith",
-                Kind::Str(StrOp::BeginsWith, param.to_string()),
+                Kind::Str(StrOp::BeginsWith, param.to_string(), has_macro(param)),
             ),
-            "endswith" => ("endsWith", Kind::Str(StrOp::EndsWith, param.to_string())),
-            "contains" => ("contains", Kind::Str(StrOp::Contains, param.to_string())),
-            "strmatch" => ("strmatch", Kind::Str(StrOp::Contains, param.to_string())),
+            "endswith" => (
+                "endsWith",
+                Kind::Str(StrOp::EndsWith, param.to_string(), has_macro(param)),
+            ),
+            "contains" => (
+                "contains",
+                Kind::Str(StrOp::Contains, param.to_string(), has_macro(param)),
+            ),
+            "strmatch" => (
+                "strmatch",
+                Kind::Str(StrOp::Contains, param.to_string(), has_macro(param)),
+            ),
             "containsword" => (
                 "containsWord",
-                Kind::Str(StrOp::ContainsWord, param.to_string()),
+                Kind::Str(StrOp::ContainsWord, param.to_string(), has_macro(param)),
             ),
-            "within" => ("within", Kind::Str(StrOp::Within, param.to_string())),
-            "eq" => ("eq", Kind::Num(NumOp::Eq, param.to_string())),
-            "ge" => ("ge", Kind::Num(NumOp::Ge, param.to_string())),
-            "gt" => ("gt", Kind::Num(NumOp::Gt, param.to_string())),
-            "le" => ("le", Kind::Num(NumOp::Le, param.to_string())),
-            "lt" => ("lt", Kind::Num(NumOp::Lt, param.to_string())),
+            "within" => (
+                "within",
+                Kind::Str(StrOp::Within, param.to_string(), has_macro(param)),
+            ),
+            "eq" => (
+                "eq",
+                Kind::Num(NumOp::Eq, param.to_string(), has_macro(param)),
+            ),
+            "ge" => (
+                "ge",
+                Kind::Num(NumOp::Ge, param.to_string(), has_macro(param)),
+            ),
+            "gt" => (
+                "gt",
+                Kind::Num(NumOp::Gt, param.to_string(), has_macro(param)),
+            ),
+            "le" => (
+                "le",
+                Kind::Num(NumOp::Le, param.to_string(), has_macro(param)),
+            ),
+            "lt" => (
+                "lt",
+                Kind::Num(NumOp::Lt, param.to_string(), has_macro(param)),
+            ),
             "ipmatch" => (
                 "ipMatch",
                 Kind::IpMatch(parse_nets(param.split(',')).map_err(|e| invalid(name, e))?),
@@ -299,12 +330,12 @@ impl Operator {
                 }
                 None => false,
             },
-            Kind::Str(op, param) => {
-                let p = macros.expand(param);
+            Kind::Str(op, param, dynamic) => {
+                let p = expand(param, *dynamic, macros);
                 str_op(*op, input, p.as_bytes())
             }
-            Kind::Num(op, param) => {
-                let p = macros.expand(param);
+            Kind::Num(op, param, dynamic) => {
+                let p = expand(param, *dynamic, macros);
                 let p = p.as_bytes();
                 match op {
                     NumOp::Eq => stoi(input) == stoi(p),
@@ -339,6 +370,20 @@ impl Operator {
             Kind::NoMatch => false,
         };
         hit != self.negated
+    }
+}
+
+fn has_macro(param: &str) -> bool {
+    param.contains("%{")
+}
+
+/// The parameter with its macros expanded; without macros, the parameter itself (no
+/// allocation on the common path).
+fn expand<'a>(param: &'a str, dynamic: bool, macros: &dyn Macros) -> Cow<'a, str> {
+    if dynamic {
+        macros.expand(param)
+    } else {
+        Cow::Borrowed(param)
     }
 }
 

@@ -1224,6 +1224,37 @@ mod tests {
         assert_eq!(out.len(), 8 << 16);
     }
 
+    /// Every transformation on large hostile values: linear output bounds (and, run in the
+    /// suite, no quadratic blow-up).
+    #[test]
+    fn every_transformation_is_bounded() {
+        let n = 1 << 18;
+        let inputs: Vec<Vec<u8>> = vec![
+            vec![0u8; n],
+            vec![0xc0; n],
+            b"%u".repeat(n / 2),
+            b"\\".repeat(n / 2),
+            b"&#x".repeat(n / 3),
+            b"/*".repeat(n / 2),
+            b"<!--".repeat(n / 4),
+            b"../".repeat(n / 3),
+            b"0x".repeat(n / 2),
+            "\u{10ffff}".repeat(n / 4).into_bytes(),
+            (0..n).map(|i| (i * 7919 % 251) as u8).collect(),
+        ];
+        for (name, t) in NAMES {
+            for input in &inputs {
+                let out = t.apply(input);
+                assert!(
+                    out.len() <= 4 * input.len() + 64,
+                    "{name}: {} bytes from {}",
+                    out.len(),
+                    input.len()
+                );
+            }
+        }
+    }
+
     /// A `%u` escape decodes the same through the map-less path when it is plain ASCII.
     #[test]
     fn url_decode_uni_without_map() {
