@@ -211,7 +211,11 @@ impl Operator {
             ),
             "ipmatch" => (
                 "ipMatch",
-                Kind::IpMatch(parse_nets(param.split(',')).map_err(|e| invalid(name, e))?),
+                Kind::IpMatch(
+                    // Like a line of an address file: `#` starts a comment.
+                    parse_nets(param.split('#').next().unwrap_or_default().split(','))
+                        .map_err(|e| invalid(name, e))?,
+                ),
             ),
             "ipmatchfromfile" | "ipmatchf" => {
                 let mut nets = Vec::new();
@@ -449,12 +453,8 @@ fn dynamic_regex(cache: &Mutex<Vec<(String, Arc<Re>)>>, pattern: &str) -> Option
 /// that did not take part before it is empty.
 fn regex_match(re: &Re, input: &[u8], capture: bool, captures: &mut Vec<Vec<u8>>) -> bool {
     match re {
-        Re::Empty => {
-            if capture {
-                captures.push(Vec::new());
-            }
-            true
-        }
+        // libmodsecurity answers before running anything: no captures.
+        Re::Empty => true,
         Re::Linear(re, Some(no_caret)) if input.ends_with(b"\n") => {
             // PCRE's multiline `^` does not match after the newline that ends the subject:
             // an empty match there counts only if it needs no `^`.
@@ -902,6 +902,12 @@ mod tests {
         let evil = op("rx", "^(a+)+\\1$");
         let input = [vec![b'a'; 64], b"!".to_vec()].concat();
         assert!(!evil.matches(&input, &Tx, false, &mut Vec::new()));
+    }
+
+    #[test]
+    fn compiled_operators_are_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Operator>();
     }
 
     #[test]
