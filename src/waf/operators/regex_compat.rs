@@ -258,12 +258,29 @@ fn common_escape(b: &[u8], i: usize) -> Option<(String, usize)> {
             }
             (byte_escape(v), close + 1 - i)
         }
-        b'x' if !b
-            .get(i + 2)
-            .is_some_and(|x| x.is_ascii_hexdigit() || *x == b'{') =>
-        {
-            // PCRE: "\x" without digits is NUL.
-            ("\\x00".into(), 2)
+        b'x' if b.get(i + 2) == Some(&b'{') => {
+            // \x{HH}: without UTF mode PCRE takes values up to 0xFF.
+            let close = i + 3 + b[i + 3..].iter().position(|&x| x == b'}')?;
+            let digits = std::str::from_utf8(&b[i + 3..close]).ok()?;
+            let v = u32::from_str_radix(digits, 16)
+                .ok()
+                .filter(|&v| v <= 0xff)?;
+            (byte_escape(v), close + 1 - i)
+        }
+        b'x' => {
+            // \x with up to two hex digits (none is NUL).
+            let n = b[i + 2..]
+                .iter()
+                .take(2)
+                .take_while(|x| x.is_ascii_hexdigit())
+                .count();
+            let digits = std::str::from_utf8(&b[i + 2..i + 2 + n]).ok()?;
+            let v = if n == 0 {
+                0
+            } else {
+                u32::from_str_radix(digits, 16).ok()?
+            };
+            (byte_escape(v), 2 + n)
         }
         b'<' | b'>' => ((e as char).to_string(), 2),
         _ if !e.is_ascii() => (byte_escape(u32::from(e)), 2),
@@ -363,6 +380,10 @@ mod tests {
             ("\\012\\0", "\\x0A\\x00"),
             ("[\\12]", "[\\x0A]"),
             ("a(?#note)b", "ab"),
+            (
+                r"\x{e2}\x80[\x{98}-\x{ff}]\x7z",
+                r"\xE2\x80[\x98-\xFF]\x07z",
+            ),
             ("(?'n'x)", "(?P<n>x)"),
         ] {
             assert_eq!(translate(pcre), want, "{pcre}");
