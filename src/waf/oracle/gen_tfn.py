@@ -74,6 +74,7 @@ for _ in range(N):
 inp = "".join(f"{k} {n} {(s.hex() or '-')}\n" for k, n, s in cases)
 out = subprocess.run([os.environ.get('ORACLE', './oracle')], input=inp.encode(), capture_output=True, check=True).stdout.decode().splitlines()
 assert len(out) == len(cases), (len(out), len(cases))
+print("# Transformation outputs recorded from libmodsecurity 3.0.9 (Debian 3.0.9-1+deb12u2): name, input hex, output hex.")
 for (k, n, s), o in zip(cases, out):
     name = 'cmdLine' if n == 'cmd_line' else n
     if k == 'U': name = 'urlDecodeUni:20127'
