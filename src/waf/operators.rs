@@ -638,30 +638,7 @@ fn contains_word(input: &[u8], p: &[u8]) -> bool {
 
 /// First occurrence of `needle` in `hay` at or after `from`.
 fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    let hay = hay.get(from..)?;
-    if needle.is_empty() {
-        return Some(from);
-    }
-    if needle.len() > hay.len() {
-        return None;
-    }
-    let first = needle[0];
-    let mut i = 0;
-    while i + needle.len() <= hay.len() {
-        match hay[i..=hay.len() - needle.len()]
-            .iter()
-            .position(|&b| b == first)
-        {
-            Some(p) => {
-                if hay[i + p..].starts_with(needle) {
-                    return Some(from + i + p);
-                }
-                i += p + 1;
-            }
-            None => return None,
-        }
-    }
-    None
+    memchr::memmem::find(hay.get(from..)?, needle).map(|at| from + at)
 }
 
 /// The leading integer as C's `strtoll` reads it (blanks, sign, digits; the C string ends at
