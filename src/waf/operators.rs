@@ -305,7 +305,11 @@ impl Operator {
 
     /// Evaluates against one value. With `capture`, `captures` receives TX:0..9 (group 0 the
     /// whole match; for `@pm` the phrase, for `@detectSQLi` the libinjection fingerprint, for
-    /// `@detectXSS` the value); it is cleared first. Negation is applied here.
+    /// `@detectXSS` the value); it is cleared first. For `@rx` it ends at the last group that
+    /// took part, as PCRE reports; a group before it that did not take part is empty (where
+    /// libmodsecurity leaves that TX variable as it was). Negation is applied here.
+    /// `@ipMatch` compares addresses as written: pass client addresses in canonical form
+    /// (an IPv4 client as `a.b.c.d`, not `::ffff:a.b.c.d`), as libmodsecurity gets them.
     pub fn matches(
         &self,
         input: &[u8],
