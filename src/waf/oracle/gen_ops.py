@@ -32,8 +32,15 @@ ADDRS = [b"10.1.2.3", b"192.168.1.1", b"192.168.1.2", b"::1", b"fe80::1", b"127.
 for _ in range(N):
     cases.append(('ipMatch', rnd.choice(NETS), rnd.choice(ADDRS)))
 PMS = [b'"a b"', b'a|61 62|b', b'\\"x', b'a\\:b c', b'|ab cd|', b'  foo  ', b'"foo', b'x\\y', b'AB cd', b'|ff|', b'a"b', b'"" a']
-for _ in range(N):
-    cases.append(('pm', rnd.choice(PMS), rs(B('ab" :|xyfoAB\xab\xcd\xff\\'), 0, 6)))
+PMS += [b'x\\;y', b'x|4a|y', b'a|61 62|b', b'"x y"z"']
+for _ in range(4 * N):
+    p = rnd.choice(PMS)
+    if rnd.random() < 0.3:
+        # The parameter itself or a piece of it, so the parser's leftovers show.
+        i = p[rnd.randint(0, len(p)):][:rnd.randint(1, 6)] + rs(B('xy;'), 0, 2)
+    else:
+        i = rs(B('ab" :|xyfoAB\xab\xcd\xff\\;4'), 0, 6)
+    cases.append(('pm', p, i))
 inp = ''.join(f"O {o} {p.hex() or '-'} {i.hex() or '-'}\n" for o, p, i in cases)
 out = subprocess.run([os.environ.get('ORACLE', './oracle')], input=inp.encode(), capture_output=True, check=True).stdout.decode().splitlines()
 assert len(out) == len(cases)
