@@ -58,7 +58,7 @@ pub(super) fn pcre2_rejects(pattern: &str) -> Option<&'static str> {
                 }
                 let mut first = true;
                 let mut prev_set: Option<bool> = None;
-                while i < b.len() && !(b[i] == b']' && !first) {
+                while i < b.len() && (first || b[i] != b']') {
                     first = false;
                     let (set, len) = if b[i] == b'\\' {
                         (is_set_escape(b.get(i + 1).copied().unwrap_or(0)), 2)
