@@ -9,5 +9,7 @@
 
 pub mod body;
 pub mod operators;
+pub mod rules;
 pub mod seclang;
+pub mod transaction;
 pub mod transforms;

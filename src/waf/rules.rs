@@ -1,0 +1,747 @@
+//! The compiled rule set: SecLang directives turned into per-phase rule lists with operators,
+//! transformation chains, targets and actions resolved once, at load. Owns rule removal and
+//! target updates (`SecRuleRemoveBy*`, `SecRuleUpdateTargetBy*`), the engine settings the files
+//! declare and the load report (unsupported pieces, rules on the backtracking regex engine). It
+//! must not evaluate requests: `transaction` does that against a shared, immutable `RuleSet`.
+
+use super::operators::{OpError, Operator};
+use super::seclang::{self, Directive, Kind, Selector, SyntaxError, Warning};
+use super::transforms::Transform;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// `SecRuleEngine` and the per-tenant mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Off,
+    DetectionOnly,
+    On,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s.to_ascii_lowercase().as_str() {
+            "on" => Some(Mode::On),
+            "off" => Some(Mode::Off),
+            "detectiononly" => Some(Mode::DetectionOnly),
+            _ => None,
+        }
+    }
+}
+
+/// What a rule does when it (and its chain) matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disruptive {
+    Pass,
+    /// `block`: whatever the phase's `SecDefaultAction` says.
+    Block,
+    Deny,
+    Drop,
+    /// `allow` (all remaining request phases), `allow:phase`, `allow:request`.
+    Allow(AllowScope),
+    Redirect(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowScope {
+    All,
+    Phase,
+    Request,
+}
+
+/// A variable a rule inspects, resolved at load.
+#[derive(Debug, Clone)]
+pub struct Var {
+    /// Index into `seclang::VARIABLES`.
+    pub coll: usize,
+    pub selector: Option<Sel>,
+    pub count: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum Sel {
+    /// Lower-cased key (collection keys compare case-insensitively).
+    Key(String),
+    Regex(regex::bytes::Regex),
+}
+
+impl Sel {
+    pub fn matches(&self, key: &str) -> bool {
+        match self {
+            Sel::Key(k) => k.eq_ignore_ascii_case(key),
+            Sel::Regex(r) => r.is_match(key.as_bytes()),
+        }
+    }
+}
+
+/// `setvar:` — collection, name (may hold macros), operation.
+#[derive(Debug, Clone)]
+pub struct SetVar {
+    pub coll: String,
+    pub name: String,
+    pub op: SetOp,
+}
+
+#[derive(Debug, Clone)]
+pub enum SetOp {
+    Set(String),
+    Add(String),
+    Sub(String),
+    Delete,
+}
+
+/// `ctl:` actions cong applies to the running transaction.
+#[derive(Debug, Clone)]
+pub enum Ctl {
+    RuleEngine(Mode),
+    RemoveById(Vec<(u64, u64)>),
+    RemoveByTag(regex::Regex),
+    RemoveTargetById(Vec<(u64, u64)>, Var),
+    RemoveTargetByTag(regex::Regex, Var),
+    BodyProcessor(super::body::Kind),
+    BodyAccess(bool),
+    ForceBodyVariable(bool),
+    /// Accepted and without effect here (audit logging is the SOC pipeline's job).
+    Ignored,
+}
+
+/// One compiled rule (a chain's later links hang off `chain`).
+#[derive(Debug)]
+pub struct Rule {
+    /// The rule's id; a chain's later links carry the chain starter's.
+    pub id: u64,
+    pub phase: u8,
+    pub file: PathBuf,
+    pub line: usize,
+    pub targets: Vec<Var>,
+    /// `!ARGS:foo` and targets removed by `SecRuleUpdateTargetBy*`.
+    pub exclusions: Vec<Var>,
+    pub op: Operator,
+    /// Index into `RuleSet::chains` (transformation chains are shared for the cache).
+    pub transforms: u32,
+    pub multi_match: bool,
+    pub capture: bool,
+    pub disruptive: Option<Disruptive>,
+    pub status: Option<u16>,
+    pub setvars: Vec<SetVar>,
+    pub ctls: Vec<Ctl>,
+    pub skip: usize,
+    pub skip_after: Option<String>,
+    pub log: bool,
+    pub msg: Option<String>,
+    pub logdata: Option<String>,
+    pub severity: Option<u8>,
+    pub tags: Vec<String>,
+    pub chain: Option<Box<Rule>>,
+}
+
+impl Rule {
+    /// Links of the chain from this rule on.
+    pub fn links(&self) -> impl Iterator<Item = &Rule> {
+        std::iter::successors(Some(self), |r| r.chain.as_deref())
+    }
+}
+
+/// An entry of a phase's rule list.
+#[derive(Debug)]
+pub enum Entry {
+    Rule(Box<Rule>),
+    Marker(String),
+}
+
+/// Engine settings declared by the rule files.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub engine: Mode,
+    pub body_access: bool,
+    pub body_limit: usize,
+    pub body_no_files_limit: usize,
+    /// `SecRequestBodyLimitAction Reject` (otherwise ProcessPartial).
+    pub body_limit_reject: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            engine: Mode::On,
+            body_access: true,
+            body_limit: 13_107_200,
+            body_no_files_limit: 131_072,
+            body_limit_reject: true,
+        }
+    }
+}
+
+/// Per-phase defaults from `SecDefaultAction`.
+#[derive(Debug, Clone)]
+pub struct PhaseDefault {
+    pub disruptive: Disruptive,
+    pub status: Option<u16>,
+    pub log: bool,
+}
+
+/// A loaded, immutable rule set shared by every transaction that uses it.
+#[derive(Debug)]
+pub struct RuleSet {
+    /// Phases 1–5 at indexes 1–5.
+    pub phases: [Vec<Entry>; 6],
+    pub defaults: [PhaseDefault; 6],
+    pub chains: Vec<Vec<Transform>>,
+    pub settings: Settings,
+    pub warnings: Vec<Warning>,
+    /// Ids of rules whose regex runs on the bounded backtracking engine.
+    pub backtracking: Vec<u64>,
+    pub rule_count: usize,
+}
+
+/// Loading failed: the first problem that makes the rule set meaningless, with its place.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoadError(pub SyntaxError);
+
+impl RuleSet {
+    /// Loads rule files in order (each may `Include` others).
+    pub fn load(files: &[PathBuf]) -> Result<RuleSet, LoadError> {
+        let mut directives = Vec::new();
+        for f in files {
+            directives.extend(seclang::parse_file(f).map_err(LoadError)?);
+        }
+        Self::compile(&directives)
+    }
+
+    pub fn parse(text: &str) -> Result<RuleSet, LoadError> {
+        let d = seclang::parse_str(text, Path::new("inline.conf")).map_err(LoadError)?;
+        Self::compile(&d)
+    }
+
+    pub fn compile(directives: &[Directive]) -> Result<RuleSet, LoadError> {
+        let warnings = seclang::check(directives).map_err(LoadError)?;
+        let mut b = Builder {
+            set: RuleSet {
+                phases: Default::default(),
+                defaults: std::array::from_fn(|_| PhaseDefault {
+                    disruptive: Disruptive::Pass,
+                    status: None,
+                    log: true,
+                }),
+                chains: vec![Vec::new()],
+                settings: Settings::default(),
+                warnings,
+                backtracking: Vec::new(),
+                rule_count: 0,
+            },
+            chain_index: HashMap::new(),
+            open_chain: None,
+            removals: Vec::new(),
+        };
+        b.chain_index.insert(Vec::new(), 0);
+        for d in directives {
+            b.directive(d)?;
+        }
+        if let Some((_, d)) = b.open_chain.take() {
+            return Err(err_at(&d.0, d.1, "chain without a following rule".into()));
+        }
+        b.apply_removals();
+        Ok(b.set)
+    }
+}
+
+enum Removal {
+    Ids(Vec<(u64, u64)>),
+    Tag(regex::Regex),
+    Msg(regex::Regex),
+    TargetsById(Vec<(u64, u64)>, Vec<seclang::Target>),
+    TargetsByTag(regex::Regex, Vec<seclang::Target>),
+}
+
+struct Builder {
+    set: RuleSet,
+    chain_index: HashMap<Vec<Transform>, u32>,
+    /// The chain being built: its starter (with links so far) and where it was written.
+    open_chain: Option<(Box<Rule>, (PathBuf, usize))>,
+    removals: Vec<Removal>,
+}
+
+/// `1-100 200 300` / `1,2` → inclusive ranges.
+pub fn parse_id_ranges(args: &[String]) -> Result<Vec<(u64, u64)>, String> {
+    let mut out = Vec::new();
+    for a in args {
+        for part in a.split([',', ' ']).filter(|p| !p.trim().is_empty()) {
+            let part = part.trim();
+            let (lo, hi) = match part.split_once('-') {
+                Some((l, h)) => (l.trim(), h.trim()),
+                None => (part, part),
+            };
+            let lo: u64 = lo.parse().map_err(|_| format!("bad rule id {part:?}"))?;
+            let hi: u64 = hi.parse().map_err(|_| format!("bad rule id {part:?}"))?;
+            out.push((lo.min(hi), lo.max(hi)));
+        }
+    }
+    Ok(out)
+}
+
+pub fn in_ranges(ranges: &[(u64, u64)], id: u64) -> bool {
+    ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&id))
+}
+
+/// Resolves a parsed target to a variable (`None` for one cong does not provide: the loader
+/// already warned about it).
+pub fn resolve_target(t: &seclang::Target) -> Result<Option<Var>, String> {
+    let Some(coll) = seclang::VARIABLES.iter().position(|v| *v == t.collection) else {
+        return Ok(None);
+    };
+    let selector = match &t.selector {
+        None => None,
+        Some(Selector::Key(k)) => Some(Sel::Key(k.to_ascii_lowercase())),
+        Some(Selector::Regex(r)) => Some(Sel::Regex(
+            regex::bytes::RegexBuilder::new(r)
+                .case_insensitive(true)
+                .unicode(false)
+                .build()
+                .map_err(|e| format!("target regex /{r}/: {e}"))?,
+        )),
+    };
+    Ok(Some(Var {
+        coll,
+        selector,
+        count: t.count,
+    }))
+}
+
+fn tag_regex(s: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(s)
+        .case_insensitive(true)
+        .build()
+        .map_err(|e| format!("tag pattern {s:?}: {e}"))
+}
+
+fn parse_disruptive(name: &str, value: Option<&str>) -> Option<Disruptive> {
+    Some(match name {
+        "pass" => Disruptive::Pass,
+        "block" => Disruptive::Block,
+        "deny" => Disruptive::Deny,
+        "drop" => Disruptive::Drop,
+        "allow" => Disruptive::Allow(match value.map(|v| v.to_ascii_lowercase()).as_deref() {
+            Some("phase") => AllowScope::Phase,
+            Some("request") => AllowScope::Request,
+            _ => AllowScope::All,
+        }),
+        "redirect" => Disruptive::Redirect(value.unwrap_or_default().to_string()),
+        _ => return None,
+    })
+}
+
+fn parse_severity(v: &str) -> Option<u8> {
+    let v = v.trim();
+    if let Ok(n) = v.parse::<u8>() {
+        return Some(n.min(7));
+    }
+    const NAMES: [&str; 8] = [
+        "EMERGENCY",
+        "ALERT",
+        "CRITICAL",
+        "ERROR",
+        "WARNING",
+        "NOTICE",
+        "INFO",
+        "DEBUG",
+    ];
+    NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(v))
+        .map(|p| p as u8)
+}
+
+/// Parses `setvar:` values: `tx.a=1`, `tx.a=+%{x}`, `!tx.a`, `tx.a`.
+fn parse_setvar(v: &str) -> Option<SetVar> {
+    let v = v.trim();
+    let (delete, v) = match v.strip_prefix('!') {
+        Some(r) => (true, r),
+        None => (false, v),
+    };
+    let (lhs, rhs) = match v.split_once('=') {
+        Some((l, r)) => (l.trim(), Some(r)),
+        None => (v, None),
+    };
+    let (coll, name) = lhs.split_once('.')?;
+    let op = if delete {
+        SetOp::Delete
+    } else {
+        match rhs {
+            None => SetOp::Set("1".into()),
+            Some(r) => {
+                if let Some(x) = r.strip_prefix('+') {
+                    SetOp::Add(x.to_string())
+                } else if let Some(x) = r.strip_prefix('-') {
+                    SetOp::Sub(x.to_string())
+                } else {
+                    SetOp::Set(r.to_string())
+                }
+            }
+        }
+    };
+    Some(SetVar {
+        coll: coll.to_ascii_lowercase(),
+        name: name.to_string(),
+        op,
+    })
+}
+
+fn parse_ctl(v: &str) -> Result<Ctl, String> {
+    let (name, value) = v.split_once('=').unwrap_or((v, ""));
+    let value = value.trim();
+    let target_spec = |value: &str| -> Result<(String, Var), String> {
+        let (who, target) = value
+            .split_once(';')
+            .ok_or_else(|| format!("ctl:{name} needs 'what;TARGET'"))?;
+        let targets = seclang::parse_targets(target)?;
+        let t = targets.first().ok_or("empty target")?;
+        let var = resolve_target(t)?.ok_or_else(|| format!("unknown variable {}", t.collection))?;
+        Ok((who.to_string(), var))
+    };
+    Ok(match name {
+        "ruleEngine" => {
+            Ctl::RuleEngine(Mode::parse(value).ok_or_else(|| format!("ruleEngine={value}"))?)
+        }
+        "ruleRemoveById" => Ctl::RemoveById(parse_id_ranges(&[value.to_string()])?),
+        "ruleRemoveByTag" => Ctl::RemoveByTag(tag_regex(value)?),
+        "ruleRemoveTargetById" => {
+            let (who, var) = target_spec(value)?;
+            Ctl::RemoveTargetById(parse_id_ranges(&[who])?, var)
+        }
+        "ruleRemoveTargetByTag" => {
+            let (who, var) = target_spec(value)?;
+            Ctl::RemoveTargetByTag(tag_regex(&who)?, var)
+        }
+        "requestBodyProcessor" => Ctl::BodyProcessor(match value.to_ascii_uppercase().as_str() {
+            "URLENCODED" => super::body::Kind::UrlEncoded,
+            "MULTIPART" => super::body::Kind::Multipart,
+            "JSON" => super::body::Kind::Json,
+            "XML" => super::body::Kind::Xml,
+            other => return Err(format!("unknown body processor {other}")),
+        }),
+        "requestBodyAccess" => Ctl::BodyAccess(value.eq_ignore_ascii_case("on")),
+        "forceRequestBodyVariable" => Ctl::ForceBodyVariable(value.eq_ignore_ascii_case("on")),
+        _ => Ctl::Ignored,
+    })
+}
+
+impl Builder {
+    fn chain_id(&mut self, chain: Vec<Transform>) -> u32 {
+        let next = self.set.chains.len() as u32;
+        *self.chain_index.entry(chain.clone()).or_insert_with(|| {
+            self.set.chains.push(chain);
+            next
+        })
+    }
+
+    fn directive(&mut self, d: &Directive) -> Result<(), LoadError> {
+        let err = |m: String| err_at(&d.file, d.line, m);
+        match &d.kind {
+            Kind::Rule {
+                variables,
+                operator,
+                actions,
+            } => self.rule(d, Some(variables), Some(operator), actions),
+            Kind::Action(actions) => self.rule(d, None, None, actions),
+            Kind::Marker(name) => {
+                if self.open_chain.is_some() {
+                    return Err(err("SecMarker inside a chain".into()));
+                }
+                for p in 1..=5 {
+                    self.set.phases[p].push(Entry::Marker(name.clone()));
+                }
+                Ok(())
+            }
+            Kind::DefaultAction(actions) => {
+                let acts = seclang::parse_actions(actions).map_err(&err)?;
+                let phase = acts
+                    .iter()
+                    .find(|a| a.name == "phase")
+                    .and_then(|a| a.value.as_deref())
+                    .map(parse_phase)
+                    .unwrap_or(Some(2))
+                    .ok_or_else(|| err("bad phase".into()))?;
+                let def = &mut self.set.defaults[phase as usize];
+                for a in &acts {
+                    if let Some(dis) = parse_disruptive(&a.name, a.value.as_deref()) {
+                        def.disruptive = dis;
+                    }
+                    match a.name.as_str() {
+                        "status" => def.status = a.value.as_deref().and_then(|v| v.parse().ok()),
+                        "log" => def.log = true,
+                        "nolog" => def.log = false,
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            Kind::RemoveById(args) => {
+                let r = parse_id_ranges(args).map_err(&err)?;
+                self.removals.push(Removal::Ids(r));
+                Ok(())
+            }
+            Kind::RemoveByTag(t) => {
+                let r = tag_regex(t).map_err(&err)?;
+                self.removals.push(Removal::Tag(r));
+                Ok(())
+            }
+            Kind::RemoveByMsg(m) => {
+                let r = tag_regex(m).map_err(&err)?;
+                self.removals.push(Removal::Msg(r));
+                Ok(())
+            }
+            Kind::UpdateTargetById { ids, targets } => {
+                let r = parse_id_ranges(std::slice::from_ref(ids)).map_err(&err)?;
+                let t = seclang::parse_targets(targets).map_err(&err)?;
+                self.removals.push(Removal::TargetsById(r, t));
+                Ok(())
+            }
+            Kind::UpdateTargetByTag { tag, targets } => {
+                let r = tag_regex(tag).map_err(&err)?;
+                let t = seclang::parse_targets(targets).map_err(&err)?;
+                self.removals.push(Removal::TargetsByTag(r, t));
+                Ok(())
+            }
+            Kind::UpdateActionById { .. } => Ok(()),
+            Kind::Setting { name, args } => {
+                let a0 = args.first().map(String::as_str).unwrap_or("");
+                let s = &mut self.set.settings;
+                match name.as_str() {
+                    "SecRuleEngine" => {
+                        s.engine = Mode::parse(a0).ok_or_else(|| err(format!("{name} {a0}")))?
+                    }
+                    "SecRequestBodyAccess" => s.body_access = a0.eq_ignore_ascii_case("on"),
+                    "SecRequestBodyLimit" => {
+                        s.body_limit = a0.parse().map_err(|_| err(format!("{name} {a0}")))?
+                    }
+                    "SecRequestBodyNoFilesLimit" => {
+                        s.body_no_files_limit =
+                            a0.parse().map_err(|_| err(format!("{name} {a0}")))?
+                    }
+                    "SecRequestBodyLimitAction" => {
+                        s.body_limit_reject = a0.eq_ignore_ascii_case("reject")
+                    }
+                    _ => {}
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn rule(
+        &mut self,
+        d: &Directive,
+        variables: Option<&String>,
+        operator: Option<&String>,
+        actions: &str,
+    ) -> Result<(), LoadError> {
+        let err = |m: String| err_at(&d.file, d.line, m);
+        let acts = seclang::parse_actions(actions).map_err(&err)?;
+        let chained_link = self.open_chain.is_some();
+        let mut id = 0u64;
+        let mut phase = 2u8;
+        let mut transforms: Vec<Transform> = Vec::new();
+        let mut rule_log: Option<bool> = None;
+        let mut r = Rule {
+            id: 0,
+            phase: 2,
+            file: d.file.clone(),
+            line: d.line,
+            targets: Vec::new(),
+            exclusions: Vec::new(),
+            op: Operator::compile("unconditionalMatch", "", false, Path::new("."))
+                .map_err(|e| err(e.to_string()))?,
+            transforms: 0,
+            multi_match: false,
+            capture: false,
+            disruptive: None,
+            status: None,
+            setvars: Vec::new(),
+            ctls: Vec::new(),
+            skip: 0,
+            skip_after: None,
+            log: true,
+            msg: None,
+            logdata: None,
+            severity: None,
+            tags: Vec::new(),
+            chain: None,
+        };
+        let mut chain = false;
+        for a in &acts {
+            let v = a.value.as_deref();
+            if let Some(dis) = parse_disruptive(&a.name, v) {
+                r.disruptive = Some(dis);
+                continue;
+            }
+            match a.name.as_str() {
+                "id" => {
+                    id = v
+                        .unwrap_or_default()
+                        .trim()
+                        .parse()
+                        .map_err(|_| err(format!("bad id {v:?}")))?
+                }
+                "phase" => {
+                    phase = parse_phase(v.unwrap_or_default())
+                        .ok_or_else(|| err(format!("bad phase {v:?}")))?
+                }
+                "t" => match v.unwrap_or_default() {
+                    n if n.eq_ignore_ascii_case("none") => transforms.clear(),
+                    n => {
+                        if let Some(t) = Transform::parse(n) {
+                            transforms.push(t);
+                        }
+                    }
+                },
+                "chain" => chain = true,
+                "capture" => r.capture = true,
+                "multiMatch" => r.multi_match = true,
+                "status" => r.status = v.and_then(|s| s.trim().parse().ok()),
+                "setvar" => {
+                    let sv = parse_setvar(v.unwrap_or_default())
+                        .ok_or_else(|| err(format!("bad setvar {v:?}")))?;
+                    r.setvars.push(sv);
+                }
+                "ctl" => r.ctls.push(parse_ctl(v.unwrap_or_default()).map_err(&err)?),
+                "skip" => r.skip = v.and_then(|s| s.trim().parse().ok()).unwrap_or(0),
+                "skipAfter" => r.skip_after = v.map(|s| s.trim().to_string()),
+                "log" => rule_log = Some(true),
+                "nolog" => rule_log = Some(false),
+                "msg" => r.msg = v.map(str::to_string),
+                "logdata" => r.logdata = v.map(str::to_string),
+                "severity" => r.severity = v.and_then(parse_severity),
+                "tag" => r.tags.extend(v.map(str::to_string)),
+                _ => {}
+            }
+        }
+        if let Some(vars) = variables {
+            for t in seclang::parse_targets(vars).map_err(&err)? {
+                let Some(var) = resolve_target(&t).map_err(&err)? else {
+                    continue;
+                };
+                if t.negated {
+                    r.exclusions.push(var);
+                } else {
+                    r.targets.push(var);
+                }
+            }
+        }
+        let mut unsupported_op = false;
+        if let Some(op) = operator {
+            let (negated, name, param) = seclang::split_operator(op);
+            let base = d.file.parent().unwrap_or(Path::new("."));
+            match Operator::compile(name, param, negated, base) {
+                Ok(o) => r.op = o,
+                // Warned at check: a rule whose operator cong does not run never matches.
+                Err(OpError::Unsupported(_)) => unsupported_op = true,
+                Err(e) => return Err(err(e.to_string())),
+            }
+        }
+        if unsupported_op {
+            r.op = Operator::compile("noMatch", "", false, Path::new("."))
+                .map_err(|e| err(e.to_string()))?;
+        }
+        r.transforms = self.chain_id(transforms);
+        if let Some((starter, _)) = self.open_chain.as_mut() {
+            // A later link of a chain: phase and id are the starter's.
+            r.id = starter.id;
+            r.phase = starter.phase;
+            r.log = starter.log;
+            if r.op.uses_backtracking() {
+                self.set.backtracking.push(r.id);
+            }
+            let mut tail: &mut Rule = starter;
+            while tail.chain.is_some() {
+                tail = tail.chain.as_deref_mut().expect("checked is_some");
+            }
+            tail.chain = Some(Box::new(r));
+            if !chain {
+                let (starter, _) = self.open_chain.take().expect("checked is_some");
+                self.push(starter);
+            }
+            return Ok(());
+        }
+        let _ = chained_link;
+        r.id = id;
+        r.phase = phase;
+        r.log = rule_log.unwrap_or(self.set.defaults[phase as usize].log);
+        if r.op.uses_backtracking() {
+            self.set.backtracking.push(r.id);
+        }
+        if operator.is_none() {
+            // SecAction: applies unconditionally.
+            r.targets.clear();
+        }
+        if chain {
+            self.open_chain = Some((Box::new(r), (d.file.clone(), d.line)));
+        } else {
+            self.push(Box::new(r));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, r: Box<Rule>) {
+        self.set.rule_count += 1;
+        let p = r.phase as usize;
+        self.set.phases[p].push(Entry::Rule(r));
+    }
+
+    fn apply_removals(&mut self) {
+        let removals = std::mem::take(&mut self.removals);
+        for phase in self.set.phases.iter_mut() {
+            phase.retain(|e| match e {
+                Entry::Rule(r) => !removals.iter().any(|rm| match rm {
+                    Removal::Ids(ranges) => in_ranges(ranges, r.id),
+                    Removal::Tag(re) => r.tags.iter().any(|t| re.is_match(t)),
+                    Removal::Msg(re) => r.msg.as_deref().is_some_and(|m| re.is_match(m)),
+                    _ => false,
+                }),
+                Entry::Marker(_) => true,
+            });
+            for e in phase.iter_mut() {
+                let Entry::Rule(r) = e else { continue };
+                for rm in &removals {
+                    let targets = match rm {
+                        Removal::TargetsById(ranges, t) if in_ranges(ranges, r.id) => t,
+                        Removal::TargetsByTag(re, t) if r.tags.iter().any(|x| re.is_match(x)) => t,
+                        _ => continue,
+                    };
+                    for t in targets {
+                        if let Ok(Some(var)) = resolve_target(t) {
+                            if t.negated {
+                                r.exclusions.push(var);
+                            } else {
+                                r.targets.push(var);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.set.rule_count = self
+            .set
+            .phases
+            .iter()
+            .map(|p| p.iter().filter(|e| matches!(e, Entry::Rule(_))).count())
+            .sum();
+    }
+}
+
+fn err_at(file: &Path, line: usize, message: String) -> LoadError {
+    LoadError(SyntaxError {
+        file: file.to_path_buf(),
+        line,
+        message,
+    })
+}
+
+fn parse_phase(v: &str) -> Option<u8> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "request" => Some(2),
+        "response" => Some(4),
+        "logging" => Some(5),
+        n => n.parse::<u8>().ok().filter(|p| (1..=5).contains(p)),
+    }
+}
