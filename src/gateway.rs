@@ -55,6 +55,8 @@ pub struct Tenant {
     pub limits: crate::limits::TenantLimits,
     /// Page cache policy.
     pub cache: crate::cache::TenantPolicy,
+    /// WAF mode, rule set and exclusions.
+    pub waf: crate::waf::TenantWaf,
 }
 
 impl Tenant {
@@ -225,6 +227,7 @@ impl Snapshot {
 
         let access = crate::access::Global::build(cfg)?;
         let limits = crate::limits::Settings::build(cfg)?;
+        let mut waf = crate::waf::Global::build(cfg)?;
         let mut tenants = Vec::with_capacity(cfg.tenants.len());
         let mut routes = RouteTable::new();
         let mut ids: HashMap<String, usize> = HashMap::new();
@@ -234,6 +237,7 @@ impl Snapshot {
             tenant.access = access.tenant_rules(&tf.source, &tf.tenant.access)?;
             tenant.limits = limits.tenant(cfg, &tf.source, &tenant.id, &tf.tenant.limits)?;
             tenant.cache = crate::cache::TenantPolicy::build(&tf.source, &tf.tenant.cache)?;
+            tenant.waf = waf.tenant(cfg, &tf.source, &tf.tenant.waf)?;
             if let Some(&prev) = ids.get(&tenant.id) {
                 return Err(tf.source.error_at(
                     tf.tenant.id.span(),
@@ -617,6 +621,7 @@ fn build_tenant(src: &SourceFile, t: &TenantConfig, cfg: &Config) -> Result<Tena
         access: Default::default(),
         limits: Default::default(),
         cache: Default::default(),
+        waf: Default::default(),
     })
 }
 

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub bans_active: IntGauge,
     pub ban_drops: IntCounterVec,
     pub conn_refused: IntCounterVec,
+    pub waf_blocks: IntCounterVec,
+    pub waf_detections: IntCounterVec,
+    pub waf_rule_matches: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -228,6 +231,24 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["sink"],
         ),
         seen: Mutex::new(HashMap::new()),
+        waf_blocks: counter_vec(
+            &r,
+            "cong_waf_blocks_total",
+            "Requests the WAF refused, by tenant.",
+            &["tenant"],
+        ),
+        waf_detections: counter_vec(
+            &r,
+            "cong_waf_detections_total",
+            "Requests the WAF would have refused but let through (detect mode), by tenant.",
+            &["tenant"],
+        ),
+        waf_rule_matches: counter_vec(
+            &r,
+            "cong_waf_rule_matches_total",
+            "WAF rule matches, by CRS rule family (the hundreds of the rule id: 942 = SQL injection).",
+            &["family"],
+        ),
         access_denied: counter_vec(
             &r,
             "cong_access_denied_total",

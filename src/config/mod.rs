@@ -13,6 +13,7 @@ mod model;
 pub mod scaffold;
 mod soc;
 mod tls;
+mod waf;
 
 pub use access::*;
 pub use cache::*;
@@ -21,6 +22,7 @@ pub use error::{ConfigError, Located};
 pub use model::*;
 pub use soc::*;
 pub use tls::*;
+pub use waf::*;
 
 use std::path::{Path, PathBuf};
 

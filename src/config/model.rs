@@ -52,6 +52,9 @@ pub struct MainConfig {
     /// The page cache's storage tiers.
     #[serde(default)]
     pub cache: super::CacheConfig,
+    /// The WAF's rule files and body inspection bounds.
+    #[serde(default)]
+    pub waf: super::WafConfig,
 }
 
 /// `[availability]`: probing every tenant through the gateway.
@@ -302,6 +305,9 @@ pub struct TenantConfig {
     /// The page cache policy of this tenant.
     #[serde(default)]
     pub cache: super::TenantCacheConfig,
+    /// The WAF for this tenant.
+    #[serde(default)]
+    pub waf: super::TenantWafConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

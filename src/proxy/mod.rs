@@ -4,8 +4,9 @@
 //! enforced around the service by `limits::conn`).
 //! request_filter: identify (request id, real client address, country, TLS SNI) → ACME HTTP-01
 //! answer → host → tenant → status page → legacy-name redirects → HTTPS (redirect, SNI/Host
-//! check) → maintenance → access rules → rate limits → path → pool → [later steps plug in here:
-//! WAF, cache] → serve locally (static origin) or continue to upstream_peer:
+//! check) → maintenance → access rules → rate limits → WAF (phase 1; phase 2 now, or in
+//! request_body_filter once the body is read) → cache → path → pool → serve locally (static
+//! origin) or continue to upstream_peer:
 //! choose a backend → upstream_request_filter: forwarding headers → response → logging.
 //! Failures map to honest 502/503/504 pages. Each step calls one module's entry point; the
 //! feature modules do not call each other.
@@ -71,6 +72,15 @@ pub struct Ctx {
     body_limit: Option<access::BodyLimit>,
     /// Page cache decisions for this request.
     cache: crate::cache::ReqState,
+    /// The WAF transaction while phase 2 waits for the request body, and the body held back
+    /// until it has been inspected.
+    waf: Option<Box<crate::waf::Transaction>>,
+    waf_held: Vec<bytes::Bytes>,
+    waf_held_bytes: usize,
+    /// The WAF's verdict when it refused the request, its score and matched rules (for logs).
+    waf_block: Option<crate::waf::Intervention>,
+    waf_score: Option<i32>,
+    waf_rules: Vec<u32>,
 }
 
 impl Ctx {
@@ -155,6 +165,12 @@ impl ProxyHttp for Proxy {
             body_bytes: 0,
             body_limit: None,
             cache: Default::default(),
+            waf: None,
+            waf_held: Vec::new(),
+            waf_held_bytes: 0,
+            waf_block: None,
+            waf_score: None,
+            waf_rules: Vec::new(),
         }
     }
 
@@ -321,6 +337,44 @@ impl ProxyHttp for Proxy {
             return local::too_many_requests(session, ctx, retry_after).await;
         }
 
+        // 9b. WAF: phase 1 on the headers; phase 2 now for a request without a body, else in
+        // request_body_filter once the body (up to the inspection limit) has arrived.
+        if tenant.waf.enabled() {
+            let req = session.req_header();
+            let facts = crate::waf::RequestFacts {
+                request_id: &ctx.request_id,
+                method: req.method.as_str(),
+                uri: req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                protocol: match req.version {
+                    http::Version::HTTP_10 => "HTTP/1.0",
+                    http::Version::HTTP_2 => "HTTP/2.0",
+                    _ => "HTTP/1.1",
+                },
+                headers: &req.headers,
+                client: ctx.client_ip,
+                client_port: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.port())
+                    .unwrap_or(0),
+                server: session.server_addr().and_then(|a| a.as_inet()).copied(),
+                norm_path: &norm_path,
+            };
+            if let Some(mut t) = tenant.waf.begin(&facts) {
+                let body = crate::waf::has_body(&req.headers);
+                if t.intervention.is_none() && body && t.wants_body() {
+                    ctx.waf = Some(Box::new(t));
+                } else {
+                    if t.intervention.is_none() {
+                        t.process_request_body();
+                    }
+                    if let Some(i) = self.waf_verdict(ctx, &t) {
+                        return waf_refuse(session, ctx, i).await;
+                    }
+                }
+            }
+        }
+
         // 9c. Page cache: may this request be answered from / stored in the cache? (The
         // lookup runs in request_cache_filter; requests that must not use it go on as usual.)
         let maintenance_page = ctx.cache.maintenance.take();
@@ -356,7 +410,7 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
         // Slow uploads hold a connection and a backend slot: enforce the minimum body rate.
@@ -372,6 +426,38 @@ impl ProxyHttp for Proxy {
             if limits::conn::body_too_slow(&s.limits.conn, started, ctx.body_bytes) {
                 return Error::e_explain(HTTPStatus(408), "request body slower than min_body_rate");
             }
+        }
+        // WAF phase 2: hold the body back (an empty chunk sends nothing upstream) until it is
+        // complete or the inspection limit is reached, then inspect it and let it go on.
+        if let Some(t) = ctx.waf.as_mut() {
+            if let Some(b) = body.take() {
+                t.feed_body(&b);
+                ctx.waf_held_bytes += b.len();
+                ctx.waf_held.push(b);
+            }
+            if !end_of_stream && ctx.waf_held_bytes < t.inspect_limit() {
+                *body = Some(bytes::Bytes::new());
+                return Ok(());
+            }
+            let Some(mut t) = ctx.waf.take() else {
+                return Ok(());
+            };
+            t.process_request_body();
+            if let Some(i) = self.waf_verdict(ctx, &t) {
+                let status = i.status;
+                ctx.waf_block = Some(i);
+                return Error::e_explain(HTTPStatus(status), "refused by the WAF");
+            }
+            let held = std::mem::take(&mut ctx.waf_held);
+            *body = Some(if held.len() == 1 {
+                held.into_iter().next().unwrap_or_default()
+            } else {
+                let mut all = bytes::BytesMut::with_capacity(ctx.waf_held_bytes);
+                for b in held {
+                    all.extend_from_slice(&b);
+                }
+                all.freeze()
+            });
         }
         Ok(())
     }
@@ -638,6 +724,12 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        // A body the WAF waited for never came (client gone, or answered locally): inspect
+        // what arrived, for the record.
+        if let Some(mut t) = ctx.waf.take() {
+            t.process_request_body();
+            let _ = self.waf_verdict(ctx, &t);
+        }
         if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
             limits::conn::request_finished(*peer);
         }
@@ -670,6 +762,7 @@ impl ProxyHttp for Proxy {
             http2: session.as_downstream().is_http2(),
             ipv6: ctx.client_ip.is_ipv6(),
         });
+        let waf_rules = std::mem::take(&mut ctx.waf_rules);
         soc::access(
             session,
             soc::AccessFacts {
@@ -685,6 +778,8 @@ impl ProxyHttp for Proxy {
                 error: e.map(|e| e.etype().as_str()),
                 sni: ctx.tls.as_ref().and_then(|t| t.sni.as_deref()),
                 country: ctx.country.as_str(),
+                waf_score: ctx.waf_score,
+                waf_rules,
                 stderr: ctx.snapshot.as_ref().is_none_or(|s| s.settings.access_log),
             },
         );
@@ -699,6 +794,64 @@ impl ProxyHttp for Proxy {
             session.req_header().uri
         )
     }
+}
+
+impl Proxy {
+    /// Records a finished WAF transaction (events, metrics, score and rules for the access
+    /// log, a ban strike when it refuses) and returns its intervention.
+    fn waf_verdict(
+        &self,
+        ctx: &mut Ctx,
+        t: &crate::waf::Transaction,
+    ) -> Option<crate::waf::Intervention> {
+        let (Some(snap), Some(ti)) = (&ctx.snapshot, ctx.tenant) else {
+            return None;
+        };
+        let tenant = &snap.tenants[ti as usize];
+        if !t.matches.is_empty() {
+            ctx.waf_score = Some(crate::waf::anomaly_score(t));
+            ctx.waf_rules = t.matches.iter().map(|m| m.id as u32).collect();
+        }
+        crate::waf::report(
+            t,
+            &crate::waf::Subject {
+                tenant: &tenant.id,
+                client_ip: ctx.client_ip,
+                request_id: &ctx.request_id,
+                paranoia: tenant.waf.paranoia,
+            },
+        );
+        let i = t.intervention.clone()?;
+        limits::bans::strike(
+            &snap.limits.bans,
+            snap.limits.key(ctx.client_ip),
+            "waf",
+            &tenant.id,
+            ctx.country,
+        );
+        Some(i)
+    }
+}
+
+/// Answers a request the WAF refused: the bilingual page with the request id, a redirect, or
+/// a dropped connection.
+async fn waf_refuse(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    i: crate::waf::Intervention,
+) -> Result<bool> {
+    if i.drop {
+        return Err(Error::create(
+            ConnectionClosed,
+            ErrorSource::Downstream,
+            Some("dropped by the WAF".into()),
+            None,
+        ));
+    }
+    if let Some(loc) = &i.redirect {
+        return local::redirect(session, ctx, i.status, loc).await;
+    }
+    local::respond_page(session, ctx, i.status).await
 }
 
 fn note_failure(pool: &Pool, ep: &Endpoint, e: &Error) {

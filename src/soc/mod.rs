@@ -127,6 +127,9 @@ pub struct AccessFacts<'a> {
     pub sni: Option<&'a str>,
     /// Country of the client address (`--` when unknown).
     pub country: &'a str,
+    /// The WAF's anomaly score and the rules that matched (when it inspected the request).
+    pub waf_score: Option<i32>,
+    pub waf_rules: Vec<u32>,
     /// Also write the operator's access line on standard error.
     pub stderr: bool,
 }
@@ -181,8 +184,8 @@ pub fn access(session: &pingora::proxy::Session, f: AccessFacts) {
         user_agent: header("user-agent"),
         referer: header("referer"),
         request_id: f.request_id.to_string(),
-        waf_score: None,
-        waf_rules: Vec::new(),
+        waf_score: f.waf_score,
+        waf_rules: f.waf_rules,
         ratelimit: None,
         error: f.error.map(str::to_string),
     };

@@ -64,7 +64,7 @@ pub struct Limits {
 }
 
 /// Incremental parser: fed the body chunk by chunk as it streams.
-pub trait Processor: Send {
+pub trait Processor: Send + Sync {
     fn feed(&mut self, chunk: &[u8]);
     fn finish(self: Box<Self>) -> Parsed;
 }

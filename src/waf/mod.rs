@@ -1,11 +1,12 @@
 //! Web application firewall: ModSecurity rule sets (the OWASP Core Rule Set, unmodified) with
-//! linear-time regexes.
+//! linear-time regexes, per tenant.
 //!
 //! Owns the rule language (`seclang`: loading and checking rule files), operators
-//! (`operators`), transformations (`transforms`) and request body parsing (`body`); the
-//! compiled rule engine and its per-tenant use in the pipeline build on these. It must not
-//! send responses, touch routing, limits or the cache itself: the pipeline in `proxy` acts on
-//! its verdicts.
+//! (`operators`), transformations (`transforms`), request body parsing (`body`), the compiled
+//! rule set (`rules`) and its evaluation for one request (`transaction`); here, the per-tenant
+//! settings built from the configuration, starting a transaction from a request, and turning
+//! its matches into security events and metrics. It must not send responses, touch routing,
+//! limits or the cache itself: the pipeline in `proxy` acts on its verdicts.
 
 pub mod body;
 pub mod operators;
@@ -13,3 +14,450 @@ pub mod rules;
 pub mod seclang;
 pub mod transaction;
 pub mod transforms;
+
+use crate::config::{Config, ConfigError, IdSpec, SourceFile, TenantWafConfig};
+use crate::events::{emit, Event, Severity};
+use rules::{Mode, RuleSet};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+pub use transaction::{BodyLimits, Exclusions, Intervention, Transaction};
+
+/// The rule files used when `[waf] rules` is not set: CRS as Debian installs it.
+pub const DEFAULT_RULES: &str = "/usr/share/modsecurity-crs/owasp-crs.load";
+
+/// What the WAF does for a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantMode {
+    Off,
+    Detect,
+    Block,
+}
+
+fn parse_mode(s: &str) -> Option<TenantMode> {
+    match s {
+        "off" => Some(TenantMode::Off),
+        "detect" => Some(TenantMode::Detect),
+        "block" => Some(TenantMode::Block),
+        _ => None,
+    }
+}
+
+/// A tenant's WAF: its rule set (shared with tenants that load the same files), mode and
+/// exclusions.
+#[derive(Debug, Clone)]
+pub struct TenantWaf {
+    pub mode: TenantMode,
+    pub paranoia: u8,
+    pub threshold: u32,
+    rules: Option<Arc<RuleSet>>,
+    always: Exclusions,
+    /// Exclusions that apply under a path prefix (normalised path).
+    by_path: Vec<(String, Exclusions)>,
+    limits: BodyLimits,
+}
+
+impl Default for TenantWaf {
+    fn default() -> Self {
+        TenantWaf {
+            mode: TenantMode::Off,
+            paranoia: 1,
+            threshold: 5,
+            rules: None,
+            always: Exclusions::default(),
+            by_path: Vec::new(),
+            limits: BodyLimits::default(),
+        }
+    }
+}
+
+/// Rule sets loaded for one configuration, by file list (loaded once, shared by tenants).
+#[derive(Debug, Default)]
+pub struct Global {
+    main_rules: Vec<PathBuf>,
+    default_mode: Option<TenantMode>,
+    limits: BodyLimits,
+    sets: HashMap<Vec<PathBuf>, Arc<RuleSet>>,
+}
+
+impl Global {
+    pub fn build(cfg: &Config) -> Result<Global, ConfigError> {
+        let src = &cfg.main_source;
+        let w = &cfg.main.waf;
+        let main_rules = match &w.rules {
+            Some(list) => list.iter().map(|r| cfg.resolve(r.get_ref())).collect(),
+            None => vec![PathBuf::from(DEFAULT_RULES)],
+        };
+        let default_mode = match &w.mode {
+            Some(m) => Some(parse_mode(m.get_ref()).ok_or_else(|| {
+                src.error_at(m.span(), "waf.mode", "must be `off`, `detect` or `block`")
+            })?),
+            None => None,
+        };
+        let mut limits = BodyLimits::default();
+        if let Some(s) = &w.inspect_body {
+            limits.inspect_bytes = usize::try_from(s.get_ref().0).unwrap_or(usize::MAX);
+            if limits.inspect_bytes < 1024 {
+                return Err(src.error_at(s.span(), "waf.inspect_body", "at least 1KB"));
+            }
+        }
+        if let Some(n) = &w.max_args {
+            limits.max_args = *n.get_ref();
+        }
+        if let Some(n) = &w.max_json_depth {
+            limits.max_json_depth = *n.get_ref();
+        }
+        Ok(Global {
+            main_rules,
+            default_mode,
+            limits,
+            sets: HashMap::new(),
+        })
+    }
+
+    fn rule_set(
+        &mut self,
+        files: Vec<PathBuf>,
+        src: &SourceFile,
+        span: std::ops::Range<usize>,
+        key: &str,
+    ) -> Result<Arc<RuleSet>, ConfigError> {
+        if let Some(s) = self.sets.get(&files) {
+            return Ok(s.clone());
+        }
+        for f in &files {
+            if !f.exists() {
+                return Err(src.error_at(
+                    span,
+                    key,
+                    format!(
+                        "rule file {} does not exist (Debian: apt install modsecurity-crs)",
+                        f.display()
+                    ),
+                ));
+            }
+        }
+        let set = RuleSet::load(&files)
+            .map_err(|e| src.error_at(span.clone(), key, format!("rules: {e}")))?;
+        for w in &set.warnings {
+            log::debug!(target: "waf", "{w}");
+        }
+        if !set.backtracking.is_empty() {
+            log::info!(
+                target: "waf",
+                "{} rules loaded; rules on the bounded backtracking regex engine: {:?}",
+                set.rule_count,
+                set.backtracking
+            );
+        }
+        let set = Arc::new(set);
+        self.sets.insert(files, set.clone());
+        Ok(set)
+    }
+
+    /// The tenant's WAF from its `[waf]` table.
+    pub fn tenant(
+        &mut self,
+        cfg: &Config,
+        src: &SourceFile,
+        c: &TenantWafConfig,
+    ) -> Result<TenantWaf, ConfigError> {
+        let mode = match &c.mode {
+            Some(m) => parse_mode(m.get_ref()).ok_or_else(|| {
+                src.error_at(m.span(), "waf.mode", "must be `off`, `detect` or `block`")
+            })?,
+            None => self.default_mode.unwrap_or(TenantMode::Off),
+        };
+        let paranoia = match &c.paranoia {
+            Some(p) if !(1..=4).contains(p.get_ref()) => {
+                return Err(src.error_at(p.span(), "waf.paranoia", "must be 1, 2, 3 or 4"))
+            }
+            Some(p) => *p.get_ref(),
+            None => 1,
+        };
+        let threshold = match &c.threshold {
+            Some(t) if *t.get_ref() == 0 => {
+                return Err(src.error_at(t.span(), "waf.threshold", "must be at least 1"))
+            }
+            Some(t) => *t.get_ref(),
+            None => 5,
+        };
+        let ranges = |ids: &[toml::Spanned<IdSpec>]| -> Vec<(u64, u64)> {
+            ids.iter().map(|s| (s.get_ref().0, s.get_ref().1)).collect()
+        };
+        let mut always = Exclusions {
+            ids: ranges(&c.exclude_rules),
+            ..Exclusions::default()
+        };
+        for t in &c.exclude_tags {
+            let re = regex::RegexBuilder::new(&format!("^{}$", regex::escape(t.get_ref())))
+                .case_insensitive(true)
+                .build()
+                .map_err(|e| src.error_at(t.span(), "waf.exclude_tags", e.to_string()))?;
+            always.tags.push(re);
+        }
+        let mut by_path = Vec::new();
+        for (i, e) in c.exclusions.iter().enumerate() {
+            let ids = if e.rules.is_empty() {
+                vec![(0, u64::MAX)]
+            } else {
+                ranges(&e.rules)
+            };
+            let mut ex = Exclusions::default();
+            if e.targets.is_empty() {
+                if e.rules.is_empty() {
+                    let span = e.path.as_ref().map(|p| p.span()).unwrap_or(0..0);
+                    return Err(src.error_at(
+                        span,
+                        format!("waf.exclusions[{i}]"),
+                        "needs `rules`, `targets` or both (use mode = \"off\" to switch the WAF off)",
+                    ));
+                }
+                ex.ids = ids.clone();
+            }
+            for t in &e.targets {
+                let key = format!("waf.exclusions[{i}].targets");
+                let parsed = seclang::parse_targets(t.get_ref())
+                    .map_err(|m| src.error_at(t.span(), &key, m))?;
+                for p in parsed {
+                    let var = rules::resolve_target(&p)
+                        .map_err(|m| src.error_at(t.span(), &key, m))?
+                        .ok_or_else(|| {
+                            src.error_at(
+                                t.span(),
+                                &key,
+                                format!("unknown variable {}", p.collection),
+                            )
+                        })?;
+                    ex.targets.push((ids.clone(), var));
+                }
+            }
+            match &e.path {
+                Some(p) => {
+                    if !p.get_ref().starts_with('/') {
+                        return Err(src.error_at(
+                            p.span(),
+                            format!("waf.exclusions[{i}].path"),
+                            "must start with /",
+                        ));
+                    }
+                    by_path.push((p.get_ref().clone(), ex));
+                }
+                None => {
+                    always.ids.extend(ex.ids);
+                    always.targets.extend(ex.targets);
+                }
+            }
+        }
+        let rules = if mode == TenantMode::Off {
+            None
+        } else {
+            let mut files = self.main_rules.clone();
+            let (span, key) = match &c.rules_file {
+                Some(f) => {
+                    let base = std::path::Path::new(&src.path)
+                        .parent()
+                        .map(|p| p.to_path_buf())
+                        .unwrap_or_default();
+                    let p = std::path::Path::new(f.get_ref());
+                    files.push(if p.is_absolute() {
+                        p.to_path_buf()
+                    } else {
+                        base.join(p)
+                    });
+                    (f.span(), "waf.rules_file")
+                }
+                None => match (&c.mode, &cfg.main.waf.rules) {
+                    (Some(m), _) => (m.span(), "waf.mode"),
+                    _ => (0..0, "waf.rules"),
+                },
+            };
+            let main_src = &cfg.main_source;
+            let err_src = if c.rules_file.is_some() || c.mode.is_some() {
+                src
+            } else {
+                main_src
+            };
+            Some(self.rule_set(files, err_src, span, key)?)
+        };
+        Ok(TenantWaf {
+            mode,
+            paranoia,
+            threshold,
+            rules,
+            always,
+            by_path,
+            limits: self.limits,
+        })
+    }
+}
+
+/// Path segment-boundary prefix match (`/admin` matches `/admin/x`, not `/administrator`).
+fn under(path: &str, prefix: &str) -> bool {
+    prefix == "/"
+        || path == prefix
+        || (path.starts_with(prefix)
+            && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')))
+}
+
+/// What the pipeline knows of a request when the WAF starts on it.
+pub struct RequestFacts<'a> {
+    pub request_id: &'a str,
+    pub method: &'a str,
+    /// Request target as received (`/path?query`).
+    pub uri: &'a str,
+    pub protocol: &'a str,
+    pub headers: &'a http::HeaderMap,
+    pub client: IpAddr,
+    pub client_port: u16,
+    pub server: Option<SocketAddr>,
+    /// Normalised path (for path exclusions).
+    pub norm_path: &'a str,
+}
+
+impl TenantWaf {
+    pub fn enabled(&self) -> bool {
+        self.mode != TenantMode::Off && self.rules.is_some()
+    }
+
+    /// Starts a transaction and runs phase 1. `None` when the WAF is off for the tenant.
+    pub fn begin(&self, f: &RequestFacts) -> Option<Transaction> {
+        let rules = self.rules.clone()?;
+        if self.mode == TenantMode::Off {
+            return None;
+        }
+        let mode = match self.mode {
+            TenantMode::Block => Mode::On,
+            _ => Mode::DetectionOnly,
+        };
+        let mut t = Transaction::new(rules, mode, f.request_id);
+        t.set_body_limits(self.limits);
+        t.set_tx("paranoia_level", &self.paranoia.to_string());
+        t.set_tx("executing_paranoia_level", &self.paranoia.to_string());
+        t.set_tx(
+            "inbound_anomaly_score_threshold",
+            &self.threshold.to_string(),
+        );
+        t.exclude(&self.always);
+        for (prefix, ex) in &self.by_path {
+            if under(f.norm_path, prefix) {
+                t.exclude(ex);
+            }
+        }
+        let server = f
+            .server
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        t.set_connection(f.client, f.client_port, server.ip(), server.port());
+        t.set_request_line(f.method, f.uri, f.protocol);
+        for (name, value) in f.headers.iter() {
+            t.add_header(name.as_str(), value.as_bytes());
+        }
+        t.process_request_headers();
+        Some(t)
+    }
+}
+
+/// Whether a request announces a body (so phase 2 waits for it).
+pub fn has_body(headers: &http::HeaderMap) -> bool {
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return true;
+    }
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
+}
+
+/// Who the verdict concerns (for events).
+pub struct Subject<'a> {
+    pub tenant: &'a str,
+    pub client_ip: IpAddr,
+    pub request_id: &'a str,
+    pub paranoia: u8,
+}
+
+/// The inbound anomaly score CRS computed (0 when the rules keep none).
+pub fn anomaly_score(t: &Transaction) -> i32 {
+    ["anomaly_score", "inbound_anomaly_score"]
+        .iter()
+        .filter_map(|k| t.tx(k))
+        .filter_map(|v| std::str::from_utf8(v).ok()?.trim().parse::<i32>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Emits a `waf_match` event per logged rule match, then `waf_block` or `waf_detect` for the
+/// request's verdict, and counts them.
+pub fn report(t: &Transaction, s: &Subject) {
+    if t.matches.is_empty() {
+        return;
+    }
+    let m = crate::metrics::get();
+    let score = anomaly_score(t);
+    for x in &t.matches {
+        m.waf_rule_matches
+            .with_label_values(&[&(x.id / 1000).to_string()])
+            .inc();
+        let sev = match x.severity {
+            Some(0..=2) => Severity::Warning,
+            _ => Severity::Notice,
+        };
+        emit(
+            Event::new("waf_match", sev)
+                .tenant(s.tenant)
+                .field("rule_id", x.id)
+                .field("msg", &x.msg)
+                .field("data", &x.data)
+                .field("var", &x.var)
+                .field("severity", x.severity.map(severity_name).unwrap_or("-"))
+                .field("tags", x.tags.join(","))
+                .field("score", score)
+                .field("paranoia", s.paranoia)
+                .field("client_ip", s.client_ip)
+                .field("request_id", s.request_id),
+        );
+    }
+    let rules: Vec<String> = t.matches.iter().map(|x| x.id.to_string()).collect();
+    if let Some(i) = &t.intervention {
+        m.waf_blocks.with_label_values(&[s.tenant]).inc();
+        emit(
+            Event::new("waf_block", Severity::Warning)
+                .tenant(s.tenant)
+                .field("rule_id", i.rule_id)
+                .field("rules", rules.join(","))
+                .field("score", score)
+                .field("status", i.status)
+                .field("client_ip", s.client_ip)
+                .field("request_id", s.request_id),
+        );
+    } else if let Some(id) = t.would_block {
+        m.waf_detections.with_label_values(&[s.tenant]).inc();
+        emit(
+            Event::new("waf_detect", Severity::Notice)
+                .tenant(s.tenant)
+                .field("rule_id", id)
+                .field("rules", rules.join(","))
+                .field("score", score)
+                .field("client_ip", s.client_ip)
+                .field("request_id", s.request_id),
+        );
+    }
+}
+
+fn severity_name(s: u8) -> &'static str {
+    [
+        "EMERGENCY",
+        "ALERT",
+        "CRITICAL",
+        "ERROR",
+        "WARNING",
+        "NOTICE",
+        "INFO",
+        "DEBUG",
+    ]
+    .get(s as usize)
+    .copied()
+    .unwrap_or("DEBUG")
+}

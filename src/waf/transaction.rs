@@ -12,7 +12,6 @@ use super::rules::{
 };
 use super::seclang::VARIABLES;
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -99,7 +98,7 @@ pub struct Transaction {
     started: Instant,
     allow: Option<AllowScope>,
     done_phases: u8,
-    cache: RefCell<TransformCache>,
+    cache: TransformCache,
     pub matches: Vec<Match>,
     pub intervention: Option<Intervention>,
     /// True when a disruptive rule matched while the engine only detects.
@@ -244,7 +243,7 @@ impl Transaction {
             started: Instant::now(),
             allow: None,
             done_phases: 0,
-            cache: RefCell::new(HashMap::new()),
+            cache: HashMap::new(),
             matches: Vec::new(),
             intervention: None,
             would_block: None,
@@ -399,6 +398,11 @@ impl Transaction {
         self.run_phase(1)
     }
 
+    /// Body bytes inspected at most.
+    pub fn inspect_limit(&self) -> usize {
+        self.body_limits.inspect_bytes
+    }
+
     /// Whether phase 2 wants the request body.
     pub fn wants_body(&self) -> bool {
         self.mode != Mode::Off && self.body_access && self.intervention.is_none()
@@ -504,7 +508,7 @@ impl Transaction {
             .sum();
         self.set_scalar("ARGS_COMBINED_SIZE", combined.to_string().into_bytes());
         // Values changed: cached transformations of the previous phase may not be reused.
-        self.cache.borrow_mut().clear();
+        self.cache.clear();
         self.run_phase(2)
     }
 
@@ -736,6 +740,7 @@ impl Transaction {
             return None;
         }
         self.allow = None;
+        let mut cache = std::mem::take(&mut self.cache);
         let rules = self.rules.clone();
         let list = &rules.phases[phase as usize];
         let mut at = 0;
@@ -748,7 +753,7 @@ impl Transaction {
                 at += 1;
                 continue;
             }
-            if !self.eval_chain(rule) {
+            if !self.eval_chain(rule, &mut cache) {
                 at += 1;
                 continue;
             }
@@ -777,17 +782,18 @@ impl Transaction {
                 at += 1;
             }
         }
+        self.cache = cache;
         self.intervention.clone()
     }
 
     /// Evaluates every link of the chain; commits captures and MATCHED_VARS link by link (a
     /// later link may read them). True when all links match.
-    fn eval_chain(&mut self, starter: &Rule) -> bool {
+    fn eval_chain(&mut self, starter: &Rule, cache: &mut TransformCache) -> bool {
         self.matched.clear();
         for link in starter.links() {
             let mut caps = Vec::new();
             let mut found = Vec::new();
-            if !self.eval_link(starter, link, &mut found, &mut caps) {
+            if !self.eval_link(starter, link, &mut found, &mut caps, cache) {
                 return false;
             }
             if link.capture && !caps.is_empty() {
@@ -808,6 +814,7 @@ impl Transaction {
         link: &Rule,
         found: &mut Vec<(String, Vec<u8>)>,
         caps: &mut Vec<Vec<u8>>,
+        cache: &mut TransformCache,
     ) -> bool {
         let mx = Mx {
             tx: self,
@@ -854,8 +861,13 @@ impl Transaction {
                 let hit_value = if link.multi_match {
                     self.multi_match(link, chain, &item.value, &mx, caps)
                 } else {
-                    let v =
-                        self.transformed(&item.value, name_prefix_stable, link.transforms, chain);
+                    let v = transformed(
+                        cache,
+                        &item.value,
+                        name_prefix_stable,
+                        link.transforms,
+                        chain,
+                    );
                     if link
                         .op
                         .matches(v.bytes(), &mx, link.capture, &mut local_caps)
@@ -899,44 +911,6 @@ impl Transaction {
             }
         }
         None
-    }
-
-    fn transformed<'v>(
-        &self,
-        value: &'v [u8],
-        stable: bool,
-        chain_id: u32,
-        chain: &[super::transforms::Transform],
-    ) -> Val<'v> {
-        if chain.is_empty() {
-            return Val::B(value);
-        }
-        let key = (value.as_ptr() as usize, value.len(), chain_id);
-        if stable {
-            if let Some(v) = self.cache.borrow().get(&key) {
-                return Val::S(v.clone());
-            }
-        }
-        let mut cur: Cow<[u8]> = Cow::Borrowed(value);
-        for t in chain {
-            if let Cow::Owned(v) = t.apply(&cur) {
-                cur = Cow::Owned(v);
-            }
-        }
-        match cur {
-            Cow::Borrowed(b) => Val::B(b),
-            Cow::Owned(v) => {
-                if stable {
-                    let mut c = self.cache.borrow_mut();
-                    if c.len() < CACHE_MAX {
-                        let a: Arc<[u8]> = Arc::from(v);
-                        c.insert(key, a.clone());
-                        return Val::S(a);
-                    }
-                }
-                Val::O(v)
-            }
-        }
     }
 
     /// Runs the actions of a fully matched chain.
@@ -1062,6 +1036,41 @@ impl Transaction {
             Ctl::BodyAccess(b) => self.body_access = *b,
             Ctl::ForceBodyVariable(b) => self.force_body_var = *b,
             Ctl::Ignored => {}
+        }
+    }
+}
+
+fn transformed<'v>(
+    cache: &mut TransformCache,
+    value: &'v [u8],
+    stable: bool,
+    chain_id: u32,
+    chain: &[super::transforms::Transform],
+) -> Val<'v> {
+    if chain.is_empty() {
+        return Val::B(value);
+    }
+    let key = (value.as_ptr() as usize, value.len(), chain_id);
+    if stable {
+        if let Some(v) = cache.get(&key) {
+            return Val::S(v.clone());
+        }
+    }
+    let mut cur: Cow<[u8]> = Cow::Borrowed(value);
+    for t in chain {
+        if let Cow::Owned(v) = t.apply(&cur) {
+            cur = Cow::Owned(v);
+        }
+    }
+    match cur {
+        Cow::Borrowed(b) => Val::B(b),
+        Cow::Owned(v) => {
+            if stable && cache.len() < CACHE_MAX {
+                let a: Arc<[u8]> = Arc::from(v);
+                cache.insert(key, a.clone());
+                return Val::S(a);
+            }
+            Val::O(v)
         }
     }
 }
