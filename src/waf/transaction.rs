@@ -804,6 +804,7 @@ impl Transaction {
                 }
             }
             self.matched = found;
+            self.link_actions(starter, link);
         }
         true
     }
@@ -913,50 +914,54 @@ impl Transaction {
         None
     }
 
-    /// Runs the actions of a fully matched chain.
-    fn act(&mut self, starter: &Rule, phase: u8) {
-        for link in starter.links() {
-            for sv in &link.setvars {
-                let name = self.expand(Some(starter), &sv.name).to_ascii_lowercase();
-                let ci = match sv.coll.as_str() {
-                    "tx" => ix().tx,
-                    c => match VARIABLES.iter().position(|v| v.eq_ignore_ascii_case(c)) {
-                        Some(i) => i,
-                        None => continue,
-                    },
-                };
-                let value = match &sv.op {
-                    SetOp::Delete => {
-                        self.colls[ci].retain(|(k, _)| *k != name);
-                        continue;
-                    }
-                    SetOp::Set(v) => self.expand(Some(starter), v).into_owned(),
-                    SetOp::Add(v) | SetOp::Sub(v) => {
-                        let d: i64 = self.expand(Some(starter), v).trim().parse().unwrap_or(0);
-                        let cur: i64 = self.colls[ci]
-                            .iter()
-                            .find(|(k, _)| *k == name)
-                            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-                            .and_then(|s| s.trim().parse().ok())
-                            .unwrap_or(0);
-                        let n = if matches!(sv.op, SetOp::Add(_)) {
-                            cur.saturating_add(d)
-                        } else {
-                            cur.saturating_sub(d)
-                        };
-                        n.to_string()
-                    }
-                };
-                let coll = &mut self.colls[ci];
-                match coll.iter_mut().find(|(k, _)| *k == name) {
-                    Some(e) => e.1 = value.into_bytes(),
-                    None => coll.push((name, value.into_bytes())),
+    /// The non-disruptive actions of one chain link (setvar, ctl): they run as soon as the
+    /// link matches, before the next link is evaluated (a later link may read what they set),
+    /// as libmodsecurity 3 does.
+    fn link_actions(&mut self, starter: &Rule, link: &Rule) {
+        for sv in &link.setvars {
+            let name = self.expand(Some(starter), &sv.name).to_ascii_lowercase();
+            let ci = match sv.coll.as_str() {
+                "tx" => ix().tx,
+                c => match VARIABLES.iter().position(|v| v.eq_ignore_ascii_case(c)) {
+                    Some(i) => i,
+                    None => continue,
+                },
+            };
+            let value = match &sv.op {
+                SetOp::Delete => {
+                    self.colls[ci].retain(|(k, _)| *k != name);
+                    continue;
                 }
-            }
-            for c in &link.ctls {
-                self.ctl(c);
+                SetOp::Set(v) => self.expand(Some(starter), v).into_owned(),
+                SetOp::Add(v) | SetOp::Sub(v) => {
+                    let d: i64 = self.expand(Some(starter), v).trim().parse().unwrap_or(0);
+                    let cur: i64 = self.colls[ci]
+                        .iter()
+                        .find(|(k, _)| *k == name)
+                        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                        .and_then(|s| s.trim().parse().ok())
+                        .unwrap_or(0);
+                    let n = if matches!(sv.op, SetOp::Add(_)) {
+                        cur.saturating_add(d)
+                    } else {
+                        cur.saturating_sub(d)
+                    };
+                    n.to_string()
+                }
+            };
+            let coll = &mut self.colls[ci];
+            match coll.iter_mut().find(|(k, _)| *k == name) {
+                Some(e) => e.1 = value.into_bytes(),
+                None => coll.push((name, value.into_bytes())),
             }
         }
+        for c in &link.ctls {
+            self.ctl(c);
+        }
+    }
+
+    /// Runs the actions of a fully matched chain.
+    fn act(&mut self, starter: &Rule, phase: u8) {
         let def = &self.rules.defaults[phase as usize];
         let action = match &starter.disruptive {
             Some(Disruptive::Block) | None => def.disruptive.clone(),
