@@ -87,7 +87,10 @@ fn build_request(input: &Value) -> Vec<u8> {
         .get("method")
         .and_then(str_of)
         .unwrap_or_else(|| "GET".into());
-    let uri = input.get("uri").and_then(str_of).unwrap_or_else(|| "/".into());
+    let uri = input
+        .get("uri")
+        .and_then(str_of)
+        .unwrap_or_else(|| "/".into());
     let version = input
         .get("version")
         .and_then(str_of)
@@ -319,7 +322,12 @@ fn crs_regression_suite() {
         return;
     }
     let cases = load_cases(&dir);
-    assert!(cases.len() > 2000, "only {} tests found in {}", cases.len(), dir.display());
+    assert!(
+        cases.len() > 2000,
+        "only {} tests found in {}",
+        cases.len(),
+        dir.display()
+    );
 
     let b = Backend::start("origin", "127.0.0.1");
     let listen = free_addr("127.0.0.1");
@@ -327,7 +335,11 @@ fn crs_regression_suite() {
     let work = tempfile::tempdir().unwrap();
     let setup = work.path().join("crs-tests-setup.conf");
     std::fs::write(&setup, SETUP).unwrap();
-    let mut main = base_config(listen, admin, "default_tenant = \"crs\"\naccess_log = false");
+    let mut main = base_config(
+        listen,
+        admin,
+        "default_tenant = \"crs\"\naccess_log = false",
+    );
     main.push_str(&format!(
         "[waf]\nrules = [\"{}\", \"{CRS}\"]\ninspect_body = \"1MB\"\n",
         setup.display()
@@ -369,7 +381,10 @@ fn crs_regression_suite() {
             let status = statuses[i][j];
             if let Some(id) = s.log_contains {
                 if !ids.contains(&id) {
-                    why = Some(format!("{id} did not match (status {status:?}; matched {:?})", sorted(ids)));
+                    why = Some(format!(
+                        "{id} did not match (status {status:?}; matched {:?})",
+                        sorted(ids)
+                    ));
                 }
             }
             if let Some(id) = s.no_log_contains {
@@ -401,7 +416,10 @@ fn crs_regression_suite() {
     let rate = passed as f64 / total as f64;
     let mut report = String::new();
     for (f, (p, n)) in &per_file {
-        report.push_str(&format!("{f}: {p}/{n}{}\n", if p == n { "" } else { "  FAIL" }));
+        report.push_str(&format!(
+            "{f}: {p}/{n}{}\n",
+            if p == n { "" } else { "  FAIL" }
+        ));
     }
     report.push_str("\nFailing tests:\n");
     for f in &failures {

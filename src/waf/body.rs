@@ -14,8 +14,9 @@ pub struct Parsed {
     pub vars: Vec<(&'static str, Vec<u8>)>,
     /// MULTIPART_PART_HEADERS values (one entry per header line of every part).
     pub part_headers: Vec<(Vec<u8>, Vec<u8>)>,
-    /// XML text nodes / attribute values for `XML:/*`.
-    pub xml: Vec<Vec<u8>>,
+    /// XML values by the XPath ModSecurity rules ask for: `/*` (the document's text, once)
+    /// and `//@*` (every attribute value).
+    pub xml: Vec<(&'static str, Vec<u8>)>,
     /// REQBODY_ERROR / REQBODY_ERROR_MSG: set when the body could not be parsed.
     pub error: Option<String>,
 }
@@ -48,6 +49,11 @@ impl Kind {
             Some(Kind::Multipart)
         } else if ct.starts_with("application/json") {
             Some(Kind::Json)
+        } else if ct.starts_with("text/xml")
+            || ct.starts_with("application/xml")
+            || ct.starts_with("application/soap+xml")
+        {
+            Some(Kind::Xml)
         } else {
             None
         }
@@ -85,22 +91,235 @@ pub fn processor(kind: Kind, content_type: &str, limits: Limits) -> Box<dyn Proc
             buf: Vec::new(),
             total: 0,
         }),
-        Kind::Xml => Box::new(Unparsed),
+        Kind::Xml => Box::new(Xml {
+            limits,
+            buf: Vec::new(),
+            truncated: false,
+        }),
     }
 }
 
-/// Placeholder until each processor exists: reports the body as unparsed.
-#[derive(Default)]
-struct Unparsed;
+/// XML (`text/xml`, `application/xml`, SOAP): a small well-formedness-checking tokenizer, no
+/// DTD processing and no external entities (nothing is fetched or expanded beyond the five
+/// predefined entities and character references). Yields the document's text for `XML:/*`
+/// and each attribute value for `XML://@*`; a malformed document sets REQBODY_ERROR.
+struct Xml {
+    limits: Limits,
+    buf: Vec<u8>,
+    truncated: bool,
+}
 
-impl Processor for Unparsed {
-    fn feed(&mut self, _chunk: &[u8]) {}
+impl Processor for Xml {
+    fn feed(&mut self, chunk: &[u8]) {
+        let room = self.limits.inspect_bytes.saturating_sub(self.buf.len());
+        if chunk.len() > room {
+            self.truncated = true;
+        }
+        self.buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+
     fn finish(self: Box<Self>) -> Parsed {
-        Parsed {
-            error: Some("body processor not implemented".into()),
-            ..Parsed::default()
+        let mut out = Parsed::default();
+        match xml_scan(&self.buf, self.limits) {
+            Ok((text, attrs)) => {
+                out.xml.push(("/*", text));
+                out.xml.extend(attrs.into_iter().map(|a| ("//@*", a)));
+            }
+            Err(e) if !self.truncated => out.error = Some(format!("XML parsing error: {e}")),
+            Err(_) => out.error = Some("XML body larger than the inspection limit".into()),
+        }
+        out
+    }
+}
+
+/// Decodes `&lt;`-style entities and character references (unknown ones are kept as written).
+fn xml_unescape(s: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'&' {
+            if let Some(end) = s[i..].iter().take(12).position(|b| *b == b';') {
+                let ent = &s[i + 1..i + end];
+                let rep: Option<Vec<u8>> = match ent {
+                    b"lt" => Some(b"<".to_vec()),
+                    b"gt" => Some(b">".to_vec()),
+                    b"amp" => Some(b"&".to_vec()),
+                    b"quot" => Some(b"\"".to_vec()),
+                    b"apos" => Some(b"'".to_vec()),
+                    [b'#', b'x' | b'X', hex @ ..] => std::str::from_utf8(hex)
+                        .ok()
+                        .and_then(|h| u32::from_str_radix(h, 16).ok())
+                        .and_then(char::from_u32)
+                        .map(|c| c.to_string().into_bytes()),
+                    [b'#', dec @ ..] => std::str::from_utf8(dec)
+                        .ok()
+                        .and_then(|d| d.parse::<u32>().ok())
+                        .and_then(char::from_u32)
+                        .map(|c| c.to_string().into_bytes()),
+                    _ => None,
+                };
+                if let Some(r) = rep {
+                    out.extend_from_slice(&r);
+                    i += end + 1;
+                    continue;
+                }
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+}
+
+/// Scans a document: (all text content, attribute values), or why it is not well-formed.
+fn xml_scan(doc: &[u8], limits: Limits) -> Result<(Vec<u8>, Vec<Vec<u8>>), String> {
+    let mut text = Vec::new();
+    let mut attrs = Vec::new();
+    let mut stack: Vec<&[u8]> = Vec::new();
+    let mut seen_root = false;
+    let mut i = 0;
+    let find = |from: usize, pat: &[u8]| -> Option<usize> {
+        doc[from..]
+            .windows(pat.len())
+            .position(|w| w == pat)
+            .map(|p| from + p)
+    };
+    while i < doc.len() {
+        if doc[i] != b'<' {
+            let end = doc[i..]
+                .iter()
+                .position(|b| *b == b'<')
+                .map_or(doc.len(), |p| i + p);
+            let chunk = &doc[i..end];
+            if stack.is_empty() {
+                if !chunk.iter().all(|b| b.is_ascii_whitespace()) {
+                    return Err("text outside the root element".into());
+                }
+            } else {
+                xml_unescape(chunk, &mut text);
+            }
+            i = end;
+            continue;
+        }
+        let rest = &doc[i..];
+        if rest.starts_with(b"<!--") {
+            i = find(i + 4, b"-->").ok_or("unterminated comment")? + 3;
+        } else if rest.starts_with(b"<![CDATA[") {
+            let end = find(i + 9, b"]]>").ok_or("unterminated CDATA section")?;
+            if stack.is_empty() {
+                return Err("CDATA outside the root element".into());
+            }
+            text.extend_from_slice(&doc[i + 9..end]);
+            i = end + 3;
+        } else if rest.starts_with(b"<?") {
+            i = find(i + 2, b"?>").ok_or("unterminated processing instruction")? + 2;
+        } else if rest.starts_with(b"<!") {
+            // DOCTYPE: skipped, never processed (internal subsets included).
+            let mut depth = 0usize;
+            let mut j = i + 2;
+            loop {
+                match doc.get(j) {
+                    None => return Err("unterminated DOCTYPE".into()),
+                    Some(b'[') => depth += 1,
+                    Some(b']') => depth = depth.saturating_sub(1),
+                    Some(b'>') if depth == 0 => break,
+                    _ => {}
+                }
+                j += 1;
+            }
+            i = j + 1;
+        } else if rest.starts_with(b"</") {
+            let end = find(i, b">").ok_or("unterminated end tag")?;
+            let name = doc[i + 2..end].trim_ascii();
+            match stack.pop() {
+                Some(open) if open == name => {}
+                _ => return Err("mismatched end tag".into()),
+            }
+            i = end + 1;
+        } else {
+            // Start tag: name, attributes, `/>` or `>`.
+            let mut j = i + 1;
+            let name_start = j;
+            while j < doc.len() && !doc[j].is_ascii_whitespace() && doc[j] != b'>' && doc[j] != b'/'
+            {
+                j += 1;
+            }
+            let name = &doc[name_start..j];
+            if name.is_empty() {
+                return Err("empty element name".into());
+            }
+            let self_closing;
+            loop {
+                while j < doc.len() && doc[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                match doc.get(j) {
+                    None => return Err("unterminated start tag".into()),
+                    Some(b'>') => {
+                        self_closing = false;
+                        j += 1;
+                        break;
+                    }
+                    Some(b'/') if doc.get(j + 1) == Some(&b'>') => {
+                        self_closing = true;
+                        j += 2;
+                        break;
+                    }
+                    _ => {}
+                }
+                let an = j;
+                while j < doc.len()
+                    && doc[j] != b'='
+                    && !doc[j].is_ascii_whitespace()
+                    && doc[j] != b'>'
+                {
+                    j += 1;
+                }
+                if an == j {
+                    return Err("malformed attribute".into());
+                }
+                while j < doc.len() && doc[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                if doc.get(j) != Some(&b'=') {
+                    return Err("attribute without a value".into());
+                }
+                j += 1;
+                while j < doc.len() && doc[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                let q = match doc.get(j) {
+                    Some(q @ (b'"' | b'\'')) => *q,
+                    _ => return Err("unquoted attribute value".into()),
+                };
+                let vs = j + 1;
+                let ve = doc[vs..]
+                    .iter()
+                    .position(|b| *b == q)
+                    .ok_or("unterminated attribute value")?
+                    + vs;
+                let mut v = Vec::new();
+                xml_unescape(&doc[vs..ve], &mut v);
+                if attrs.len() < limits.max_args {
+                    attrs.push(v);
+                }
+                j = ve + 1;
+            }
+            if stack.is_empty() && seen_root {
+                return Err("more than one root element".into());
+            }
+            seen_root = true;
+            if !self_closing {
+                if stack.len() >= limits.max_json_depth.max(1) * 4 {
+                    return Err("elements nested too deep".into());
+                }
+                stack.push(name);
+            }
+            i = j;
         }
     }
+    if !stack.is_empty() || !seen_root {
+        return Err("document ends inside an element or has no root element".into());
+    }
+    Ok((text, attrs))
 }
 
 /// `application/x-www-form-urlencoded` the way ModSecurity stores ARGS_POST: pairs split on `&`,

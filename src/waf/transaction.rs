@@ -249,6 +249,8 @@ impl Transaction {
             would_block: None,
         };
         t.set_scalar("UNIQUE_ID", unique_id.as_bytes().to_vec());
+        // Defined (empty) even without a body processor, so `!@rx` rules on it can match.
+        t.set_scalar("REQBODY_PROCESSOR", Vec::new());
         t
     }
 
@@ -470,7 +472,11 @@ impl Transaction {
                 .into_iter()
                 .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
                 .collect();
-            self.colls[i.xml] = parsed.xml.into_iter().map(|v| (String::new(), v)).collect();
+            self.colls[i.xml] = parsed
+                .xml
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
             let (err, msg) = match parsed.error {
                 Some(m) => (b"1".to_vec(), m.into_bytes()),
                 None => (b"0".to_vec(), Vec::new()),
@@ -498,9 +504,11 @@ impl Transaction {
                 .to_string()
                 .into_bytes(),
         );
-        // REQUEST_BODY is kept for every processor (libmodsecurity 3 does the same), so
-        // `forceRequestBodyVariable` has nothing left to force.
-        self.set_scalar("REQUEST_BODY", body);
+        // REQUEST_BODY holds the raw body for the urlencoded processor, or when a rule forces
+        // it (the CRS is written for these ModSecurity semantics).
+        if self.body_kind == Some(body::Kind::UrlEncoded) || self.force_body_var {
+            self.set_scalar("REQUEST_BODY", body);
+        }
         let combined: usize = [i.args_get, i.args_post]
             .iter()
             .flat_map(|c| self.colls[*c].iter())
