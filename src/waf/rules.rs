@@ -632,7 +632,8 @@ impl Builder {
         if let Some(op) = operator {
             let (negated, name, param) = seclang::split_operator(op);
             let base = d.file.parent().unwrap_or(Path::new("."));
-            match Operator::compile(name, param, negated, base) {
+            let param = unescape_backslashes(param);
+            match Operator::compile(name, &param, negated, base) {
                 Ok(o) => r.op = o,
                 // Warned at check: a rule whose operator cong does not run never matches.
                 Err(OpError::Unsupported(_)) => unsupported_op = true,
@@ -727,6 +728,28 @@ impl Builder {
             .map(|p| p.iter().filter(|e| matches!(e, Entry::Rule(_))).count())
             .sum();
     }
+}
+
+/// `\\\\` → `\\` in a quoted operator argument, as ModSecurity's rule parser reads it (other
+/// escapes are the operator's to interpret).
+fn unescape_backslashes(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains("\\\\") {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '\\' {
+            if let Some(&n) = chars.peek() {
+                chars.next();
+                if n != '\\' {
+                    out.push(n);
+                }
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn err_at(file: &Path, line: usize, message: String) -> LoadError {
