@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 const CRS: &str = "/usr/share/modsecurity-crs/owasp-crs.load";
 /// The pass rate this build reaches (docs/waf-conformance.md); the test fails below it.
-const MIN_PASS_RATE: f64 = 0.0;
+const MIN_PASS_RATE: f64 = 0.99;
 
 /// The settings the CRS suite is written for (its own test configuration).
 const SETUP: &str = r#"

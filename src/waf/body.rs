@@ -564,6 +564,7 @@ impl Processor for Multipart {
         delim.extend_from_slice(&boundary);
         let finder = find_all(&self.buf, &delim);
         let mut strict = false;
+        let mut lf_line = false;
         let mut combined: u64 = 0;
         let starts: Vec<usize> = finder;
         if starts.is_empty() {
@@ -577,20 +578,42 @@ impl Processor for Multipart {
             }
             let end = starts.get(w + 1).copied().unwrap_or(self.buf.len());
             let mut part = &self.buf[begin..end];
-            part = part.strip_prefix(b"\r\n").unwrap_or_else(|| {
-                strict = true;
-                part
-            });
-            let Some(hdr_end) = find(part, b"\r\n\r\n") else {
-                strict = true;
-                continue;
+            // Lines end in CRLF; bare LF is accepted and flagged (MULTIPART_LF_LINE).
+            part = match part.strip_prefix(b"\r\n") {
+                Some(p) => p,
+                None => match part.strip_prefix(b"\n") {
+                    Some(p) => {
+                        lf_line = true;
+                        p
+                    }
+                    None => {
+                        strict = true;
+                        part
+                    }
+                },
             };
+            let (hdr_end, sep) = match (find(part, b"\r\n\r\n"), find(part, b"\n\n")) {
+                (Some(a), Some(b)) if b + 1 < a => (b, 2),
+                (Some(a), _) => (a, 4),
+                (None, Some(b)) => (b, 2),
+                (None, None) => {
+                    strict = true;
+                    continue;
+                }
+            };
+            if sep == 2 {
+                lf_line = true;
+            }
             let headers = &part[..hdr_end];
-            let mut body = &part[hdr_end + 4..];
+            let mut body = &part[hdr_end + sep..];
             if w + 1 < starts.len() {
-                body = body.strip_suffix(b"\r\n").unwrap_or(body);
+                body = match body.strip_suffix(b"\r\n") {
+                    Some(b) => b,
+                    None => body.strip_suffix(b"\n").unwrap_or(body),
+                };
             }
             let (mut name, mut filename) = (None, None);
+            let mut lines = Vec::new();
             for line in headers.split(|&b| b == b'\n') {
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
                 let Some(colon) = line.iter().position(|&b| b == b':') else {
@@ -598,12 +621,16 @@ impl Processor for Multipart {
                     continue;
                 };
                 let (k, v) = (&line[..colon], line[colon + 1..].trim_ascii());
-                out.part_headers.push((k.to_vec(), line.to_vec()));
+                lines.push(line.to_vec());
                 if k.eq_ignore_ascii_case(b"content-disposition") {
                     name = disposition_param(v, b"name");
                     filename = disposition_param(v, b"filename");
                 }
             }
+            // MULTIPART_PART_HEADERS is keyed by the part's name.
+            let key = name.clone().unwrap_or_default();
+            out.part_headers
+                .extend(lines.into_iter().map(|l| (key.clone(), l)));
             let Some(name) = name else {
                 strict = true;
                 continue;
@@ -625,6 +652,9 @@ impl Processor for Multipart {
         }
         if truncated {
             out.vars.push(("INBOUND_BODY_TRUNCATED", b"1".to_vec()));
+        }
+        if lf_line {
+            out.vars.push(("MULTIPART_LF_LINE", b"1".to_vec()));
         }
         if strict {
             out.vars.push(("MULTIPART_STRICT_ERROR", b"1".to_vec()));
@@ -658,9 +688,25 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// `name="..."` / `filename="..."` of a Content-Disposition value.
 fn disposition_param(v: &[u8], key: &[u8]) -> Option<Vec<u8>> {
-    for item in v.split(|&b| b == b';').skip(1) {
+    // `form-data; name="a;b"; filename="x.pdf"`: split on `;` outside quotes.
+    let mut items = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, &b) in v.iter().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b';' if !quoted => {
+                items.push(&v[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&v[start..]);
+    for item in items.into_iter().skip(1) {
         let item = item.trim_ascii();
-        let eq = item.iter().position(|&b| b == b'=')?;
+        let Some(eq) = item.iter().position(|&b| b == b'=') else {
+            continue;
+        };
         if item[..eq].trim_ascii().eq_ignore_ascii_case(key) {
             let val = item[eq + 1..].trim_ascii();
             let val = val
