@@ -157,6 +157,14 @@ impl Val<'_> {
     }
 }
 
+/// A value a rule link matched: its name (`ARGS:q`), the value the operator saw, and the
+/// operator's captures.
+struct Hit {
+    name: String,
+    value: Vec<u8>,
+    caps: Vec<Vec<u8>>,
+}
+
 /// One resolved variable value.
 struct Item<'a> {
     coll: &'static str,
@@ -799,20 +807,25 @@ impl Transaction {
     fn eval_chain(&mut self, starter: &Rule, cache: &mut TransformCache) -> bool {
         self.matched.clear();
         for link in starter.links() {
-            let mut caps = Vec::new();
             let mut found = Vec::new();
-            if !self.eval_link(starter, link, &mut found, &mut caps, cache) {
+            if !self.eval_link(starter, link, &mut found, cache) {
                 return false;
             }
-            if link.capture && !caps.is_empty() {
-                let tx = ix().tx;
-                self.colls[tx].retain(|(k, _)| !(k.len() == 1 && k.as_bytes()[0].is_ascii_digit()));
-                for (n, c) in caps.into_iter().take(10).enumerate() {
-                    self.colls[tx].push((n.to_string(), c));
+            // Each matched value sets its captures and MATCHED_VAR, then the link's actions
+            // run for it (libmodsecurity 3 runs setvar once per matched value).
+            self.matched.clear();
+            for hit in found {
+                if link.capture && !hit.caps.is_empty() {
+                    let tx = ix().tx;
+                    self.colls[tx]
+                        .retain(|(k, _)| !(k.len() == 1 && k.as_bytes()[0].is_ascii_digit()));
+                    for (n, c) in hit.caps.into_iter().take(10).enumerate() {
+                        self.colls[tx].push((n.to_string(), c));
+                    }
                 }
+                self.matched.push((hit.name, hit.value));
+                self.link_actions(starter, link);
             }
-            self.matched = found;
-            self.link_actions(starter, link);
         }
         true
     }
@@ -821,8 +834,7 @@ impl Transaction {
         &self,
         starter: &Rule,
         link: &Rule,
-        found: &mut Vec<(String, Vec<u8>)>,
-        caps: &mut Vec<Vec<u8>>,
+        found: &mut Vec<Hit>,
         cache: &mut TransformCache,
     ) -> bool {
         let mx = Mx {
@@ -831,9 +843,14 @@ impl Transaction {
         };
         if link.targets.is_empty() {
             // SecAction, or a rule whose every target is unsupported: the operator alone.
-            let hit = link.op.matches(b"", &mx, false, caps);
+            let mut caps = Vec::new();
+            let hit = link.op.matches(b"", &mx, false, &mut caps);
             if hit {
-                found.push((String::new(), Vec::new()));
+                found.push(Hit {
+                    name: String::new(),
+                    value: Vec::new(),
+                    caps,
+                });
             }
             return hit;
         }
@@ -867,8 +884,9 @@ impl Transaction {
                         | "USER"
                         | "RESOURCE"
                 ) && matches!(item.value, Cow::Borrowed(_));
+                let mut caps = Vec::new();
                 let hit_value = if link.multi_match {
-                    self.multi_match(link, chain, &item.value, &mx, caps)
+                    self.multi_match(link, chain, &item.value, &mx, &mut caps)
                 } else {
                     let v = transformed(
                         cache,
@@ -882,7 +900,7 @@ impl Transaction {
                         .matches(v.bytes(), &mx, link.capture, &mut local_caps)
                     {
                         if link.capture {
-                            *caps = std::mem::take(&mut local_caps);
+                            caps = std::mem::take(&mut local_caps);
                         }
                         Some(v.bytes().to_vec())
                     } else {
@@ -890,7 +908,11 @@ impl Transaction {
                     }
                 };
                 if let Some(v) = hit_value {
-                    found.push((item.name(), v));
+                    found.push(Hit {
+                        name: item.name(),
+                        value: v,
+                        caps,
+                    });
                 }
             }
         }
