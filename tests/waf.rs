@@ -219,3 +219,81 @@ fn config_errors_name_file_line_and_key() {
         "{text}"
     );
 }
+
+#[test]
+fn hostile_requests_are_bounded_and_the_gateway_keeps_serving() {
+    if !crs_installed() {
+        return;
+    }
+    let b = Backend::start("portal", "127.0.0.1");
+    let g = start("\n[waf]\nmode = \"block\"\nparanoia = 4\n", &b);
+    // 10,000 arguments in a query string (over max_args: the rest is not parsed).
+    let many: Vec<String> = (0..10_000).map(|i| format!("a{i}=1")).collect();
+    let q = format!("/?{}", many.join("&"));
+    let r = send(&g, "GET", &q[..q.len().min(60_000)], "", "");
+    assert!(matches!(r.status, 200 | 403 | 414 | 431), "{}", r.status);
+    // JSON nested 10,000 deep.
+    let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    let r = send(&g, "POST", "/api", "application/json", &deep);
+    assert!(matches!(r.status, 200 | 403), "{}", r.status);
+    // 1 MB of base64 in a form field, invalid UTF-8 escapes and NULs.
+    let b64 = "QUFB".repeat(256 * 1024);
+    let r = send(
+        &g,
+        "POST",
+        "/form",
+        "application/x-www-form-urlencoded",
+        &format!("f={b64}"),
+    );
+    assert!(matches!(r.status, 200 | 403), "{}", r.status);
+    let r = send(
+        &g,
+        "POST",
+        "/form",
+        "application/x-www-form-urlencoded",
+        "f=%C3%28%FF%FE%00%00abc%E2%82&g=%00%00%00",
+    );
+    assert!(matches!(r.status, 200 | 403), "{}", r.status);
+    // XML with a billion-laughs style DTD is not expanded.
+    let xml = r#"<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><r>&b;</r>"#;
+    let r = send(&g, "POST", "/soap", "text/xml", xml);
+    assert!(matches!(r.status, 200 | 403), "{}", r.status);
+    // Still serving citizens.
+    let ok = send(&g, "GET", "/tin-tuc", "", "");
+    assert_eq!(ok.status, 200);
+}
+
+#[test]
+fn a_broken_rule_file_on_reload_keeps_the_running_rules() {
+    if !crs_installed() {
+        return;
+    }
+    let b = Backend::start("portal", "127.0.0.1");
+    let listen = free_addr("127.0.0.1");
+    let admin = free_addr("127.0.0.1");
+    let main = base_config(listen, admin, "");
+    let rules_ok = "SecRule ARGS:thu \"@streq cam\" \"id:1000001,phase:1,deny,status:403,log,msg:'test rule'\"\n";
+    let rules_dir = tempfile::tempdir().unwrap();
+    let extra = rules_dir.path().join("extra.conf");
+    std::fs::write(&extra, rules_ok).unwrap();
+    let t = tenant("sotp", &["sotp.gov.vn"], &[b.addr], "")
+        + &format!(
+            "\n[waf]\nmode = \"block\"\nrules_file = \"{}\"\n",
+            extra.display()
+        );
+    let g = Gateway::start(&main, &[("sotp.toml", &t)], listen, admin);
+    assert_eq!(send(&g, "GET", "/?thu=cam", "", "").status, 403);
+    // A syntax error: the reload is refused with the rule file's line, the old rules stay.
+    std::fs::write(
+        &extra,
+        format!("{rules_ok}SecRule ARGS \"@rx (\" \"id:1000002,phase:1,deny\"\n"),
+    )
+    .unwrap();
+    g.signal(libc::SIGHUP);
+    wait_until("reload refused", std::time::Duration::from_secs(10), || {
+        g.log_text().contains("event=config_reload_failed")
+    });
+    assert!(g.log_text().contains("extra.conf:2"), "{}", g.log_text());
+    assert_eq!(send(&g, "GET", "/?thu=cam", "", "").status, 403);
+    assert_eq!(send(&g, "GET", "/?thu=khac", "", "").status, 200);
+}
