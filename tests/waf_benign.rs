@@ -64,8 +64,10 @@ fn benign_traffic_passes_the_crs_at_paranoia_1() {
             })
             .unwrap_or_default();
         let rid = format!("benign-{}", n + 1);
-        let mut extra: Vec<(&str, &str)> =
-            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut extra: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         extra.push(("X-Request-Id", &rid));
         let body = req["body"].as_str().unwrap_or("");
         let r = request(g.listen, method, Some("tinh.gov.vn"), path, &extra, body).unwrap();
@@ -81,6 +83,14 @@ fn benign_traffic_passes_the_crs_at_paranoia_1() {
         .filter(|l| l.contains("event=waf_match"))
         .map(str::to_string)
         .collect();
-    assert!(refused.is_empty(), "false positives:\n{}", refused.join("\n"));
-    assert!(matches.is_empty(), "rules matched benign requests:\n{}", matches.join("\n"));
+    assert!(
+        refused.is_empty(),
+        "false positives:\n{}",
+        refused.join("\n")
+    );
+    assert!(
+        matches.is_empty(),
+        "rules matched benign requests:\n{}",
+        matches.join("\n")
+    );
 }
