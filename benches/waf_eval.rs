@@ -1,0 +1,166 @@
+//! WAF rule evaluation per request, in-process: Debian's OWASP Core Rule Set 3.3.4
+//! (`/usr/share/modsecurity-crs/owasp-crs.load`) at paranoia level 1, `SecRuleEngine On`.
+//!
+//! Each iteration is one whole request as the proxy hands it to the WAF: a new `Transaction`,
+//! the TX settings a tenant with `[waf] mode = "block"` sets, the connection, the request line,
+//! eight browser-like headers, phase 1, the body (if any) and phase 2. The rule set is loaded
+//! once, outside the measurement. Before measuring, each case is checked: the benign requests
+//! must pass without intervention, the attack must be refused.
+//!
+//! Cases: a page GET with a query string, a Vietnamese search GET, a urlencoded form POST, a
+//! JSON POST, and an SQL injection in the query string.
+//!
+//! Run: `cargo bench --bench waf_eval` (skipped with a message when modsecurity-crs is not
+//! installed; `deploy/deps.sh --test` installs it).
+
+use cong::waf::rules::{Mode, RuleSet};
+use cong::waf::transaction::Transaction;
+use criterion::{criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const CRS: &str = "/usr/share/modsecurity-crs/owasp-crs.load";
+
+struct Req {
+    name: &'static str,
+    method: &'static str,
+    uri: &'static str,
+    content_type: Option<&'static str>,
+    body: &'static [u8],
+    /// Whether the rules must refuse it.
+    attack: bool,
+}
+
+const CASES: &[Req] = &[
+    Req {
+        name: "benign_get",
+        method: "GET",
+        uri: "/tin-tuc/chi-tiet?id=48213&chuyen_muc=thoi-su&trang=2",
+        content_type: None,
+        body: b"",
+        attack: false,
+    },
+    Req {
+        name: "benign_search_vi_get",
+        method: "GET",
+        uri: "/tim-kiem?q=th%E1%BB%A7+t%E1%BB%A5c+c%E1%BA%A5p+gi%E1%BA%A5y+ph%C3%A9p+x%C3%A2y+d%E1%BB%B1ng&loai=thu-tuc",
+        content_type: None,
+        body: b"",
+        attack: false,
+    },
+    Req {
+        name: "benign_form_post",
+        method: "POST",
+        uri: "/gop-y",
+        content_type: Some("application/x-www-form-urlencoded"),
+        body: b"ho_ten=Nguy%E1%BB%85n+V%C4%83n+A&email=nguyenvana%40example.vn&dien_thoai=0912345678\
+&tieu_de=C%E1%BA%A5p+l%E1%BA%A1i+gi%E1%BA%A5y+ph%C3%A9p\
+&noi_dung=Xin+c%E1%BA%A5p+l%E1%BA%A1i+gi%E1%BA%A5y+ph%C3%A9p+x%C3%A2y+d%E1%BB%B1ng+do+b%E1%BB%8B+m%E1%BA%A5t.",
+        attack: false,
+    },
+    Req {
+        name: "json_post",
+        method: "POST",
+        uri: "/api/ho-so",
+        content_type: Some("application/json"),
+        body: "{\"ma_ho_so\":\"H56.22-261120-0042\",\"ho_ten\":\"Trần Thị Bình\",\
+\"so_cccd\":\"056190001234\",\"dia_chi\":\"Số 12 đường Lê Lợi, phường 1\",\
+\"thu_tuc\":\"cap-giay-phep-xay-dung\",\"ghi_chu\":\"Nộp bổ sung bản vẽ\"}"
+            .as_bytes(),
+        attack: false,
+    },
+    Req {
+        name: "sqli_get",
+        method: "GET",
+        uri: "/tin-tuc/chi-tiet?id=1%27%20UNION%20SELECT%20username,password%20FROM%20users--",
+        content_type: None,
+        body: b"",
+        attack: true,
+    },
+];
+
+const HEADERS: &[(&str, &str)] = &[
+    ("Host", "bench.local"),
+    (
+        "User-Agent",
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
+    ),
+    (
+        "Accept",
+        "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    ),
+    ("Accept-Language", "vi-VN,vi;q=0.9,en-US;q=0.6,en;q=0.5"),
+    ("Accept-Encoding", "gzip, deflate, br"),
+    ("Referer", "http://bench.local/"),
+    ("Cookie", "_ga=GA1.2.1234567890.1700000000; lang=vi"),
+    ("Connection", "keep-alive"),
+];
+
+/// One request through the WAF as a `block` tenant at paranoia 1 runs it; returns whether it
+/// was refused.
+fn evaluate(rules: &Arc<RuleSet>, r: &Req) -> bool {
+    let mut t = Transaction::new(rules.clone(), Mode::On, "bench-request-id");
+    t.set_tx("paranoia_level", "1");
+    t.set_tx("executing_paranoia_level", "1");
+    t.set_tx("inbound_anomaly_score_threshold", "5");
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    t.set_connection(lo, 50_000, lo, 8080);
+    t.set_request_line(r.method, r.uri, "HTTP/1.1");
+    for (name, value) in HEADERS {
+        t.add_header(name, value.as_bytes());
+    }
+    let length = r.body.len().to_string();
+    if let Some(ct) = r.content_type {
+        t.add_header("Content-Type", ct.as_bytes());
+        t.add_header("Content-Length", length.as_bytes());
+    }
+    if t.process_request_headers().is_some() {
+        return true;
+    }
+    if !r.body.is_empty() {
+        t.feed_body(r.body);
+    }
+    t.process_request_body().is_some()
+}
+
+fn bench(c: &mut Criterion) {
+    if !Path::new(CRS).exists() {
+        eprintln!(
+            "{CRS} not found: modsecurity-crs is not installed (deploy/deps.sh --test); skipped"
+        );
+        return;
+    }
+    let started = std::time::Instant::now();
+    let rules = Arc::new(RuleSet::load(&[PathBuf::from(CRS)]).expect("CRS loads"));
+    eprintln!("CRS loaded in {:.2?}", started.elapsed());
+    for r in CASES {
+        assert_eq!(
+            evaluate(&rules, r),
+            r.attack,
+            "{}: expected {}",
+            r.name,
+            if r.attack {
+                "a refusal"
+            } else {
+                "no intervention"
+            }
+        );
+    }
+
+    let mut g = c.benchmark_group("waf_crs_pl1");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    for r in CASES {
+        g.bench_function(r.name, |b| {
+            b.iter(|| black_box(evaluate(&rules, black_box(r))))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
