@@ -482,6 +482,8 @@ fn regex_match(re: &Re, input: &[u8], capture: bool, captures: &mut Vec<Vec<u8>>
                 None => false,
             }
         }
+        // Most values do not match: the lazy DFA says so before the slower capture search.
+        Re::Linear(re, _) if capture && !re.is_match(input) => false,
         Re::Linear(re, _) if capture => match re.captures(input) {
             Some(c) => {
                 let last = (0..c.len())

@@ -192,6 +192,21 @@ pub struct RuleSet {
     /// Ids of rules whose regex runs on the bounded backtracking engine.
     pub backtracking: Vec<u64>,
     pub rule_count: usize,
+    /// Positions of each marker in each phase's list (for `skipAfter` without a scan).
+    pub markers: [HashMap<String, Vec<usize>>; 6],
+}
+
+impl RuleSet {
+    /// Where evaluation goes on after `skipAfter:marker` from position `at` of `phase`: just
+    /// after the first such marker that follows, or the end of the phase.
+    pub fn marker_after(&self, phase: u8, marker: &str, at: usize) -> usize {
+        let p = phase as usize;
+        self.markers[p]
+            .get(marker)
+            .and_then(|pos| pos.iter().find(|&&m| m > at))
+            .map(|m| m + 1)
+            .unwrap_or(self.phases[p].len())
+    }
 }
 
 /// Loading failed: the first problem that makes the rule set meaningless, with its place.
@@ -229,6 +244,7 @@ impl RuleSet {
                 warnings,
                 backtracking: Vec::new(),
                 rule_count: 0,
+                markers: Default::default(),
             },
             chain_index: HashMap::new(),
             open_chain: None,
@@ -242,6 +258,13 @@ impl RuleSet {
             return Err(err_at(&d.0, d.1, "chain without a following rule".into()));
         }
         b.apply_removals();
+        for (p, list) in b.set.phases.iter().enumerate() {
+            for (i, e) in list.iter().enumerate() {
+                if let Entry::Marker(m) = e {
+                    b.set.markers[p].entry(m.clone()).or_default().push(i);
+                }
+            }
+        }
         Ok(b.set)
     }
 }

@@ -75,7 +75,7 @@ pub struct Exclusions {
 
 type Coll = Vec<(String, Vec<u8>)>;
 /// (value address, length, transformation chain) → result.
-type TransformCache = HashMap<(usize, usize, u32), Arc<[u8]>>;
+type TransformCache = HashMap<(usize, usize, u32), Arc<[u8]>, foldhash::fast::FixedState>;
 
 pub struct Transaction {
     rules: Arc<RuleSet>,
@@ -251,7 +251,7 @@ impl Transaction {
             started: Instant::now(),
             allow: None,
             done_phases: 0,
-            cache: HashMap::new(),
+            cache: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0)),
             matches: Vec::new(),
             intervention: None,
             would_block: None,
@@ -600,7 +600,8 @@ impl Transaction {
             .unwrap_or_default()
     }
 
-    /// Resolves one target into values, minus exclusions.
+    /// Resolves one target into values, minus exclusions. Selection happens as values are
+    /// produced (TX holds a hundred values; most rules want one of them).
     fn collect<'a>(
         &'a self,
         var: &Var,
@@ -611,91 +612,98 @@ impl Transaction {
         let name = VARIABLES[var.coll];
         let start = out.len();
         let i = ix();
-        let from = |c: usize, coll: &'static str, out: &mut Vec<Item<'a>>| {
-            for (k, v) in &self.colls[c] {
-                out.push(Item {
-                    coll,
-                    key: Cow::Borrowed(k),
-                    value: Cow::Borrowed(v),
-                });
+        let keep = |key: &str| {
+            var.selector.as_ref().is_none_or(|s| s.matches(key))
+                && !exclusions.iter().any(|e| {
+                    e.coll == var.coll && e.selector.as_ref().is_none_or(|s| s.matches(key))
+                })
+        };
+        let filtered = var.selector.is_some() || !exclusions.is_empty();
+        let mut push = |out: &mut Vec<Item<'a>>, item: Item<'a>| {
+            if !filtered || keep(&item.key) {
+                out.push(item);
             }
         };
-        let names = |c: &[usize], coll: &'static str, out: &mut Vec<Item<'a>>| {
-            for ci in c {
-                for (k, _) in &self.colls[*ci] {
-                    out.push(Item {
+        let pairs = |c: &'a [(String, Vec<u8>)],
+                     coll: &'static str,
+                     out: &mut Vec<Item<'a>>,
+                     push: &mut dyn FnMut(&mut Vec<Item<'a>>, Item<'a>)| {
+            for (k, v) in c {
+                push(
+                    out,
+                    Item {
+                        coll,
+                        key: Cow::Borrowed(k),
+                        value: Cow::Borrowed(v),
+                    },
+                );
+            }
+        };
+        let names = |c: &'a [(String, Vec<u8>)],
+                     coll: &'static str,
+                     out: &mut Vec<Item<'a>>,
+                     push: &mut dyn FnMut(&mut Vec<Item<'a>>, Item<'a>)| {
+            for (k, _) in c {
+                push(
+                    out,
+                    Item {
                         coll,
                         key: Cow::Borrowed(k),
                         value: Cow::Borrowed(k.as_bytes()),
-                    });
-                }
+                    },
+                );
             }
         };
-        let computed = |v: String, out: &mut Vec<Item<'a>>| {
-            out.push(Item {
-                coll: name,
-                key: Cow::Borrowed(""),
-                value: Cow::Owned(v.into_bytes()),
-            })
+        let scalar = |v: Cow<'a, [u8]>| Item {
+            coll: name,
+            key: Cow::Borrowed(""),
+            value: v,
         };
         match name {
             "ARGS" => {
-                from(i.args_get, "ARGS", out);
-                from(i.args_post, "ARGS", out);
+                pairs(&self.colls[i.args_get], "ARGS", out, &mut push);
+                pairs(&self.colls[i.args_post], "ARGS", out, &mut push);
             }
-            "ARGS_NAMES" => names(&[i.args_get, i.args_post], "ARGS_NAMES", out),
-            "ARGS_GET_NAMES" => names(&[i.args_get], "ARGS_GET_NAMES", out),
-            "ARGS_POST_NAMES" => names(&[i.args_post], "ARGS_POST_NAMES", out),
-            "REQUEST_HEADERS_NAMES" => names(&[i.headers], "REQUEST_HEADERS_NAMES", out),
-            "REQUEST_COOKIES_NAMES" => names(&[i.cookies], "REQUEST_COOKIES_NAMES", out),
-            "FILES_NAMES" => names(&[i.files], "FILES_NAMES", out),
+            "ARGS_NAMES" => {
+                names(&self.colls[i.args_get], "ARGS_NAMES", out, &mut push);
+                names(&self.colls[i.args_post], "ARGS_NAMES", out, &mut push);
+            }
+            "ARGS_GET_NAMES" => names(&self.colls[i.args_get], name, out, &mut push),
+            "ARGS_POST_NAMES" => names(&self.colls[i.args_post], name, out, &mut push),
+            "REQUEST_HEADERS_NAMES" => names(&self.colls[i.headers], name, out, &mut push),
+            "REQUEST_COOKIES_NAMES" => names(&self.colls[i.cookies], name, out, &mut push),
+            "FILES_NAMES" => names(&self.colls[i.files], name, out, &mut push),
             "RESPONSE_HEADERS_NAMES" => {
-                names(&[vi("RESPONSE_HEADERS")], "RESPONSE_HEADERS_NAMES", out)
+                names(&self.colls[vi("RESPONSE_HEADERS")], name, out, &mut push)
             }
-            "MATCHED_VARS" => {
-                for (k, v) in &self.matched {
-                    out.push(Item {
-                        coll: "MATCHED_VARS",
-                        key: Cow::Borrowed(k),
-                        value: Cow::Borrowed(v),
-                    });
-                }
-            }
-            "MATCHED_VARS_NAMES" => {
-                for (k, _) in &self.matched {
-                    out.push(Item {
-                        coll: "MATCHED_VARS_NAMES",
-                        key: Cow::Borrowed(k),
-                        value: Cow::Borrowed(k.as_bytes()),
-                    });
-                }
-            }
+            "MATCHED_VARS" => pairs(&self.matched, name, out, &mut push),
+            "MATCHED_VARS_NAMES" => names(&self.matched, name, out, &mut push),
             "MATCHED_VAR" => {
                 if let Some((_, v)) = self.matched.last() {
-                    out.push(Item {
-                        coll: "MATCHED_VAR",
-                        key: Cow::Borrowed(""),
-                        value: Cow::Borrowed(v),
-                    });
+                    push(out, scalar(Cow::Borrowed(v)));
                 }
             }
             "MATCHED_VAR_NAME" => {
                 if let Some((k, _)) = self.matched.last() {
-                    out.push(Item {
-                        coll: "MATCHED_VAR_NAME",
-                        key: Cow::Borrowed(""),
-                        value: Cow::Borrowed(k.as_bytes()),
-                    });
+                    push(out, scalar(Cow::Borrowed(k.as_bytes())));
                 }
             }
-            "DURATION" => computed(self.started.elapsed().as_micros().to_string(), out),
+            "DURATION" => push(
+                out,
+                scalar(Cow::Owned(
+                    self.started.elapsed().as_micros().to_string().into_bytes(),
+                )),
+            ),
             "RULE" => {
                 if let Some(r) = rule {
-                    out.push(Item {
-                        coll: "RULE",
-                        key: Cow::Borrowed("id"),
-                        value: Cow::Owned(r.id.to_string().into_bytes()),
-                    });
+                    push(
+                        out,
+                        Item {
+                            coll: "RULE",
+                            key: Cow::Borrowed("id"),
+                            value: Cow::Owned(r.id.to_string().into_bytes()),
+                        },
+                    );
                 }
             }
             t if t.starts_with("TIME") => {
@@ -703,26 +711,9 @@ impl Transaction {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                let v = time_var(t, now);
-                computed(v, out);
+                push(out, scalar(Cow::Owned(time_var(t, now).into_bytes())));
             }
-            _ => from(var.coll, name, out),
-        }
-        // Selector, then exclusions.
-        if var.selector.is_some() || !exclusions.is_empty() {
-            let mut k = start;
-            while k < out.len() {
-                let key: &str = &out[k].key;
-                let keep = var.selector.as_ref().is_none_or(|s| s.matches(key))
-                    && !exclusions.iter().any(|e| {
-                        e.coll == var.coll && e.selector.as_ref().is_none_or(|s| s.matches(key))
-                    });
-                if keep {
-                    k += 1;
-                } else {
-                    out.remove(k);
-                }
-            }
+            _ => pairs(&self.colls[var.coll], name, out, &mut push),
         }
         if var.count {
             let n = out.len() - start;
@@ -778,12 +769,7 @@ impl Transaction {
                 break;
             }
             if let Some(marker) = &rule.skip_after {
-                at = list
-                    .iter()
-                    .skip(at + 1)
-                    .position(|e| matches!(e, Entry::Marker(m) if m == marker))
-                    .map(|p| at + 1 + p + 1)
-                    .unwrap_or(list.len());
+                at = rules.marker_after(phase, marker, at);
             } else if rule.skip > 0 {
                 // `skip:N` counts rules (a chain is one), not markers.
                 let mut left = rule.skip;
