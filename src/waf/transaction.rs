@@ -8,7 +8,7 @@
 use super::body::{self, Processor};
 use super::operators::Macros;
 use super::rules::{
-    in_ranges, AllowScope, Ctl, Disruptive, Entry, Mode, Rule, RuleSet, SetOp, Var,
+    in_ranges, AllowScope, Ctl, Disruptive, Entry, Mode, Rule, RuleSet, Sel, SetOp, Var,
 };
 use super::seclang::VARIABLES;
 use std::borrow::Cow;
@@ -21,6 +21,8 @@ use std::time::Instant;
 pub const MATCH_DATA_MAX: usize = 200;
 /// Values a transformation result is cached for per transaction (bounds memory).
 const CACHE_MAX: usize = 4096;
+/// Marks a cache key as holding a `multiMatch` chain's intermediate results.
+const MULTI: u32 = 1 << 31;
 
 /// A rule (chain) that matched and logs.
 #[derive(Debug, Clone)]
@@ -713,6 +715,18 @@ impl Transaction {
                     .unwrap_or(0);
                 push(out, scalar(Cow::Owned(time_var(t, now).into_bytes())));
             }
+            // TX keys are unique and stored lower-case: one comparison each, stop at the hit.
+            "TX" if exclusions.is_empty() && matches!(var.selector, Some(Sel::Key(_))) => {
+                if let Some(Sel::Key(k)) = &var.selector {
+                    if let Some((key, v)) = self.colls[var.coll].iter().find(|(key, _)| key == k) {
+                        out.push(Item {
+                            coll: name,
+                            key: Cow::Borrowed(key),
+                            value: Cow::Borrowed(v),
+                        });
+                    }
+                }
+            }
             _ => pairs(&self.colls[var.coll], name, out, &mut push),
         }
         if var.count {
@@ -872,7 +886,15 @@ impl Transaction {
                 ) && matches!(item.value, Cow::Borrowed(_));
                 let mut caps = Vec::new();
                 let hit_value = if link.multi_match {
-                    self.multi_match(link, chain, &item.value, &mx, &mut caps)
+                    self.multi_match(
+                        link,
+                        chain,
+                        &item.value,
+                        name_prefix_stable,
+                        cache,
+                        &mx,
+                        &mut caps,
+                    )
                 } else {
                     let v = transformed(
                         cache,
@@ -905,26 +927,54 @@ impl Transaction {
         !found.is_empty()
     }
 
+    /// `multiMatch`: the operator sees the value and every different result along the
+    /// transformation chain. The intermediate results are cached like final ones.
+    #[allow(clippy::too_many_arguments)]
     fn multi_match(
         &self,
         link: &Rule,
         chain: &[super::transforms::Transform],
         value: &[u8],
+        stable: bool,
+        cache: &mut TransformCache,
         mx: &Mx<'_>,
         caps: &mut Vec<Vec<u8>>,
     ) -> Option<Vec<u8>> {
-        let mut cur: Cow<[u8]> = Cow::Borrowed(value);
-        if link.op.matches(&cur, mx, link.capture, caps) {
-            return Some(cur.into_owned());
+        if link.op.matches(value, mx, link.capture, caps) {
+            return Some(value.to_vec());
         }
-        for t in chain {
-            let next = match t.apply(&cur) {
-                Cow::Borrowed(_) => continue,
-                Cow::Owned(v) => v,
-            };
-            cur = Cow::Owned(next);
-            if link.op.matches(&cur, mx, link.capture, caps) {
-                return Some(cur.into_owned());
+        let key = (
+            value.as_ptr() as usize,
+            value.len(),
+            MULTI | link.transforms,
+        );
+        let steps: Arc<[u8]> = match cache.get(&key).filter(|_| stable) {
+            Some(v) => v.clone(),
+            None => {
+                // Encoded as (length as u32 LE, bytes)*: one allocation per value and chain.
+                let mut enc = Vec::new();
+                let mut cur: Cow<[u8]> = Cow::Borrowed(value);
+                for t in chain {
+                    if let Cow::Owned(v) = t.apply(&cur) {
+                        cur = Cow::Owned(v);
+                        enc.extend_from_slice(&(cur.len() as u32).to_le_bytes());
+                        enc.extend_from_slice(&cur);
+                    }
+                }
+                let a: Arc<[u8]> = Arc::from(enc);
+                if stable && cache.len() < CACHE_MAX {
+                    cache.insert(key, a.clone());
+                }
+                a
+            }
+        };
+        let mut rest: &[u8] = &steps;
+        while rest.len() >= 4 {
+            let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let v = &rest[4..4 + n];
+            rest = &rest[4 + n..];
+            if link.op.matches(v, mx, link.capture, caps) {
+                return Some(v.to_vec());
             }
         }
         None
