@@ -107,6 +107,39 @@ pub struct Transaction {
     pub would_block: Option<u64>,
 }
 
+/// Whether a variable is computed by `collect_computed` rather than read as stored.
+fn computed_variable(coll: usize) -> bool {
+    static T: std::sync::OnceLock<Vec<bool>> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        VARIABLES
+            .iter()
+            .map(|v| {
+                matches!(
+                    *v,
+                    "ARGS"
+                        | "ARGS_NAMES"
+                        | "ARGS_GET_NAMES"
+                        | "ARGS_POST_NAMES"
+                        | "REQUEST_HEADERS_NAMES"
+                        | "REQUEST_COOKIES_NAMES"
+                        | "FILES_NAMES"
+                        | "RESPONSE_HEADERS_NAMES"
+                        | "MATCHED_VARS"
+                        | "MATCHED_VARS_NAMES"
+                        | "MATCHED_VAR"
+                        | "MATCHED_VAR_NAME"
+                        | "DURATION"
+                        | "RULE"
+                        | "TX"
+                ) || v.starts_with("TIME")
+            })
+            .collect()
+    })
+    .get(coll)
+    .copied()
+    .unwrap_or(false)
+}
+
 fn vi(name: &str) -> usize {
     VARIABLES
         .iter()
@@ -613,7 +646,6 @@ impl Transaction {
     ) {
         let name = VARIABLES[var.coll];
         let start = out.len();
-        let i = ix();
         let keep = |key: &str| {
             var.selector.as_ref().is_none_or(|s| s.matches(key))
                 && !exclusions.iter().any(|e| {
@@ -626,6 +658,42 @@ impl Transaction {
                 out.push(item);
             }
         };
+        if !computed_variable(var.coll) {
+            for (k, v) in &self.colls[var.coll] {
+                if !filtered || keep(k) {
+                    out.push(Item {
+                        coll: name,
+                        key: Cow::Borrowed(k),
+                        value: Cow::Borrowed(v),
+                    });
+                }
+            }
+        } else {
+            self.collect_computed(var, rule, exclusions, name, out, &mut push);
+        }
+        if var.count {
+            let n = out.len() - start;
+            out.truncate(start);
+            out.push(Item {
+                coll: name,
+                key: Cow::Borrowed(""),
+                value: Cow::Owned(n.to_string().into_bytes()),
+            });
+        }
+    }
+
+    /// Variables not stored as they are: unions, names, matched values, times, and TX looked
+    /// up by key.
+    fn collect_computed<'a>(
+        &'a self,
+        var: &Var,
+        rule: Option<&Rule>,
+        exclusions: &[&Var],
+        name: &'static str,
+        out: &mut Vec<Item<'a>>,
+        push: &mut dyn FnMut(&mut Vec<Item<'a>>, Item<'a>),
+    ) {
+        let i = ix();
         let pairs = |c: &'a [(String, Vec<u8>)],
                      coll: &'static str,
                      out: &mut Vec<Item<'a>>,
@@ -661,6 +729,7 @@ impl Transaction {
             key: Cow::Borrowed(""),
             value: v,
         };
+        let mut push = |out: &mut Vec<Item<'a>>, item: Item<'a>| push(out, item);
         match name {
             "ARGS" => {
                 pairs(&self.colls[i.args_get], "ARGS", out, &mut push);
@@ -728,15 +797,6 @@ impl Transaction {
                 }
             }
             _ => pairs(&self.colls[var.coll], name, out, &mut push),
-        }
-        if var.count {
-            let n = out.len() - start;
-            out.truncate(start);
-            out.push(Item {
-                coll: name,
-                key: Cow::Borrowed(""),
-                value: Cow::Owned(n.to_string().into_bytes()),
-            });
         }
     }
 
