@@ -297,3 +297,41 @@ fn a_broken_rule_file_on_reload_keeps_the_running_rules() {
     assert_eq!(send(&g, "GET", "/?thu=cam", "", "").status, 403);
     assert_eq!(send(&g, "GET", "/?thu=khac", "", "").status, 200);
 }
+
+/// A refused body may be half read, so the connection closes, and the 403 says so; a refused
+/// request without a body keeps the connection.
+#[test]
+fn refused_bodies_close_the_connection_honestly() {
+    use std::io::{Read, Write};
+    if !crs_installed() {
+        return;
+    }
+    let b = Backend::start("portal", "127.0.0.1");
+    let g = start("\n[waf]\nmode = \"block\"\n", &b);
+    let head = |req: &str| -> String {
+        let mut s = std::net::TcpStream::connect(g.listen).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&buf).to_ascii_lowercase()
+    };
+    let body = "noi_dung=%3Cscript%3Ealert(document.cookie)%3C%2Fscript%3E";
+    let h = head(&format!(
+        "POST /gop-y HTTP/1.1\r\nHost: sotp.gov.vn\r\nUser-Agent: Mozilla/5.0\r\nAccept: text/html\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    assert!(h.starts_with("http/1.1 403"), "{h}");
+    assert!(h.contains("connection: close"), "{h}");
+    let h = head("GET /?id=1%27%20or%201=1-- HTTP/1.1\r\nHost: sotp.gov.vn\r\nUser-Agent: Mozilla/5.0\r\nAccept: text/html\r\n\r\n");
+    assert!(h.starts_with("http/1.1 403"), "{h}");
+    assert!(!h.contains("connection: close"), "{h}");
+}

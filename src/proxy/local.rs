@@ -48,6 +48,10 @@ async fn page_with_retry(
         None => {}
     }
     hsts(ctx, &mut resp)?;
+    if ctx.closing {
+        // HTTP/1: `Connection: close` on this response; HTTP/2 ignores it.
+        session.as_downstream_mut().set_keepalive(None);
+    }
     ctx.local_status = Some(status);
     write(session, resp, body).await?;
     Ok(true)

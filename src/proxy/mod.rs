@@ -81,6 +81,8 @@ pub struct Ctx {
     waf_block: Option<crate::waf::Intervention>,
     waf_score: Option<i32>,
     waf_rules: Vec<u32>,
+    /// The connection closes after this response (its page says so on HTTP/1).
+    closing: bool,
 }
 
 impl Ctx {
@@ -171,6 +173,7 @@ impl ProxyHttp for Proxy {
             waf_block: None,
             waf_score: None,
             waf_rules: Vec::new(),
+            closing: false,
         }
     }
 
@@ -715,6 +718,8 @@ impl ProxyHttp for Proxy {
             code
         };
         if code > 0 && !ctx.got_upstream_response {
+            // The connection is not reused after a failure (a refused body may be half read).
+            ctx.closing = true;
             let _ = local::respond_page(session, ctx, code).await;
         }
         FailToProxy {
