@@ -307,6 +307,10 @@ fn check(
             hosts,
             pools
         );
+        let wafs: Vec<&cong::waf::TenantWaf> = snap.tenants.iter().map(|t| &t.waf).collect();
+        for line in cong::waf::check_summary(&wafs) {
+            println!("{line}");
+        }
         return ExitCode::SUCCESS;
     }
     let rt = match tokio::runtime::Builder::new_current_thread()

@@ -182,6 +182,30 @@ targets = ["ARGS:noi_dung"]
 }
 
 #[test]
+fn cong_check_lists_the_rule_set_and_what_it_does_not_run() {
+    if !crs_installed() {
+        return;
+    }
+    let main = base_config(free_addr("127.0.0.1"), free_addr("127.0.0.1"), "");
+    let t = tenant("a", &["a.gov.vn"], &["127.0.0.1:9".parse().unwrap()], "")
+        + "\n[waf]\nmode = \"block\"\n";
+    let t2 = tenant("b", &["b.gov.vn"], &["127.0.0.1:9".parse().unwrap()], "")
+        + "\n[waf]\nmode = \"detect\"\n";
+    let (ok, text, _d) = check(&main, &[("a.toml", &t), ("b.toml", &t2)]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("waf: 1 tenants block, 1 detect, 0 off"),
+        "{text}"
+    );
+    // One shared rule set, with the IP reputation rules it cannot run named by file and id.
+    assert_eq!(text.matches("waf: rule set of").count(), 1, "{text}");
+    assert!(
+        text.contains("REQUEST-910-IP-REPUTATION.conf") && text.contains("@rbl"),
+        "{text}"
+    );
+}
+
+#[test]
 fn config_errors_name_file_line_and_key() {
     let main = base_config(free_addr("127.0.0.1"), free_addr("127.0.0.1"), "");
     let t = tenant("a", &["a.gov.vn"], &["127.0.0.1:9".parse().unwrap()], "")

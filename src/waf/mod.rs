@@ -317,6 +317,11 @@ pub struct RequestFacts<'a> {
 }
 
 impl TenantWaf {
+    /// The compiled rule set this tenant uses (`None` when the WAF is off for it).
+    pub fn rule_set(&self) -> Option<&Arc<RuleSet>> {
+        self.rules.as_ref()
+    }
+
     pub fn enabled(&self) -> bool {
         self.mode != TenantMode::Off && self.rules.is_some()
     }
@@ -356,6 +361,37 @@ impl TenantWaf {
         t.process_request_headers();
         Some(t)
     }
+}
+
+/// `cong check`'s lines about the WAF: tenants per mode, and for each rule set its size, the
+/// rules on the backtracking regex engine and what it loaded but does not run.
+pub fn check_summary(tenants: &[&TenantWaf]) -> Vec<String> {
+    let mut out = Vec::new();
+    let count = |m: TenantMode| tenants.iter().filter(|t| t.mode == m).count();
+    let (block, detect) = (count(TenantMode::Block), count(TenantMode::Detect));
+    if block + detect == 0 {
+        return out;
+    }
+    out.push(format!(
+        "waf: {block} tenants block, {detect} detect, {} off",
+        count(TenantMode::Off)
+    ));
+    let mut seen: Vec<*const RuleSet> = Vec::new();
+    for t in tenants {
+        let Some(set) = t.rule_set() else { continue };
+        if seen.contains(&Arc::as_ptr(set)) {
+            continue;
+        }
+        seen.push(Arc::as_ptr(set));
+        out.push(format!(
+            "waf: rule set of {} rules; on the bounded backtracking regex engine: {:?}",
+            set.rule_count, set.backtracking
+        ));
+        for w in &set.warnings {
+            out.push(format!("waf: not run: {w}"));
+        }
+    }
+    out
 }
 
 /// Whether a request announces a body (so phase 2 waits for it).
