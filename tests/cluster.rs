@@ -21,16 +21,25 @@ struct Redis {
     proc: Option<Proc>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Extra arguments (TLS, users); with TLS the test cannot PING it itself.
+    extra: Vec<String>,
+    tls: bool,
 }
 
 impl Redis {
     fn start() -> Redis {
+        Self::start_with(Vec::new(), false)
+    }
+
+    fn start_with(extra: Vec<String>, tls: bool) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port("127.0.0.1");
         let mut r = Redis {
             proc: None,
             port,
             dir,
+            extra,
+            tls,
         };
         r.restart();
         r
@@ -43,25 +52,34 @@ impl Redis {
     /// Starts (again) on the same port, with no data.
     fn restart(&mut self) {
         let d = self.dir.path().display().to_string();
+        let port = self.port.to_string();
+        let mut cmd = Command::new(if Path::new("/usr/bin/redis-server").exists() {
+            "/usr/bin/redis-server"
+        } else {
+            "redis-server"
+        });
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-port", &port]);
+        } else {
+            cmd.args(["--port", &port]);
+        }
+        cmd.args(["--bind", "127.0.0.1", "--dir", &d, "--save", ""])
+            .args(["--appendonly", "no", "--protected-mode", "no"])
+            .args(&self.extra);
         let mut proc = Proc::spawn(
             "redis-server",
-            Command::new(if Path::new("/usr/bin/redis-server").exists() {
-                "/usr/bin/redis-server"
-            } else {
-                "redis-server"
-            })
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--dir", &d, "--save", ""])
-            .args(["--appendonly", "no", "--protected-mode", "no"]),
+            &mut cmd,
             self.dir
                 .path()
                 .join(format!("redis-{}.log", fastrand::u32(..))),
         );
         proc.wait_tcp(self.addr());
         self.proc = Some(proc);
-        wait_until("redis answers PING", Duration::from_secs(10), || {
-            self.cmd(&["PING"]).contains("PONG")
-        });
+        if !self.tls {
+            wait_until("redis answers PING", Duration::from_secs(10), || {
+                self.cmd(&["PING"]).contains("PONG")
+            });
+        }
     }
 
     /// Stops it at once, as if the machine went away.
@@ -86,6 +104,122 @@ impl Redis {
         let n = s.read(&mut buf).unwrap_or(0);
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
+}
+
+#[test]
+fn cluster_configuration_errors_name_file_line_and_key() {
+    let listen = free_addr("127.0.0.1");
+    let admin = free_addr("127.0.0.1");
+    let base = base_config(listen, admin, "");
+    let t = tenant("t", &["t.gov.vn"], &["127.0.0.1:9".parse().unwrap()], "");
+    let with_key = |rest: &str| {
+        format!("[cluster]\nredis = [\"127.0.0.1:6379\"]\nencryption_key = \"{KEY}\"\n{rest}")
+    };
+    let cases = [
+        (
+            "[cluster]\nredis = [\"127.0.0.1:6379\"]\n".to_string(),
+            "`cluster.encryption_key`",
+        ),
+        (
+            format!("[cluster]\nredis = [\"redis-without-port\"]\nencryption_key = \"{KEY}\"\n"),
+            "`cluster.redis[0]`",
+        ),
+        (
+            "[cluster]\nredis = [\"127.0.0.1:6379\"]\nencryption_key = \"c2hvcnQ=\"\n".to_string(),
+            "32 bytes",
+        ),
+        (with_key("timeout = \"10s\"\n"), "`cluster.timeout`"),
+        (with_key("node = \"a b\"\n"), "`cluster.node`"),
+        (
+            with_key("tls_ca = \"ca.pem\"\n"),
+            "`cluster.tls_ca`: needs `tls = true`",
+        ),
+        (with_key("redis_url = \"x\"\n"), "unknown field `redis_url`"),
+        (
+            "[[limits.rate]]\nname = \"a\"\nrequests = 1\nper = \"1s\"\nscope = \"global\"\n"
+                .to_string(),
+            "limits.rate",
+        ),
+    ];
+    for (extra, want) in &cases {
+        let main = format!("{base}{extra}");
+        let (ok, text, _dir) = check(&main, &[("t.toml", &t)]);
+        assert!(!ok, "{extra}: accepted");
+        assert!(text.contains(want), "{extra}: {text}");
+        // file:line:column of the offending place, inside the section.
+        let line = text
+            .split("cong.toml:")
+            .nth(1)
+            .and_then(|r| r.split(':').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0);
+        assert!(line > base.lines().count(), "{extra}: {text}");
+    }
+    // A valid section passes `cong check` without reaching any Redis.
+    let main = format!(
+        "{base}[cluster]\nredis = [\"127.0.0.1:1\", \"[::1]:1\"]\nencryption_key = \"{KEY}\"\n"
+    );
+    let (ok, text, _dir) = check(&main, &[("t.toml", &t)]);
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn tls_and_an_acl_user_limited_to_the_prefix() {
+    let (ca, chain, key) = test_pki(&["localhost", "127.0.0.1"]);
+    let files = tempfile::tempdir().unwrap();
+    let p = |n: &str| files.path().join(n).display().to_string();
+    std::fs::write(p("ca.pem"), &ca).unwrap();
+    std::fs::write(p("cert.pem"), &chain).unwrap();
+    std::fs::write(p("key.pem"), &key).unwrap();
+    std::fs::write(p("password"), "s3cret-cluster-pass\n").unwrap();
+    let args: Vec<String> = [
+        "--tls-cert-file",
+        &p("cert.pem"),
+        "--tls-key-file",
+        &p("key.pem"),
+        "--tls-ca-cert-file",
+        &p("ca.pem"),
+        "--tls-auth-clients",
+        "no",
+        "--user",
+        "cong",
+        "on",
+        ">s3cret-cluster-pass",
+        "~t:*",
+        "&t:*",
+        "+@all",
+        "--user",
+        "default",
+        "off",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let redis = Redis::start_with(args, true);
+    let b = Backend::start("b", "127.0.0.1");
+    let extra = format!(
+        "tls = true\ntls_ca = \"{}\"\nusername = \"cong\"\npassword_file = \"{}\"\n",
+        p("ca.pem"),
+        p("password")
+    );
+    let ga = plain_node_with(&redis, "a", b.addr, &extra);
+    let gb = plain_node_with(&redis, "b", b.addr, &extra);
+    for g in [&ga, &gb] {
+        wait_until("connected over TLS", Duration::from_secs(10), || {
+            metric(g.admin, "cong_cluster_up") == 1.0
+        });
+    }
+    let c = "198.51.100.20";
+    let seq: Vec<u16> = [&ga, &gb, &ga, &gb, &ga]
+        .iter()
+        .map(|g| xff(g, "/limited/t", c).status)
+        .collect();
+    assert_eq!(seq, vec![200, 200, 200, 200, 429]);
+    assert_eq!(
+        metric(ga.admin, "cong_cluster_redis_errors_total"),
+        -1.0,
+        "no Redis request failed"
+    );
 }
 
 fn cluster_section(redis: &Redis, node: &str) -> String {
@@ -346,6 +480,10 @@ fn one_order_per_certificate_across_three_nodes_and_every_node_serves_it() {
 // Limits, bans, purges, and Redis going away
 
 fn plain_node(redis: &Redis, node: &str, backend: SocketAddr) -> Gateway {
+    plain_node_with(redis, node, backend, "")
+}
+
+fn plain_node_with(redis: &Redis, node: &str, backend: SocketAddr, cluster: &str) -> Gateway {
     let listen = free_addr("127.0.0.1");
     let admin = free_addr("127.0.0.1");
     let mut main = base_config(listen, admin, "trusted_proxies = [\"127.0.0.1\"]");
@@ -354,6 +492,7 @@ fn plain_node(redis: &Redis, node: &str, backend: SocketAddr) -> Gateway {
         sha256_hex(TOKEN)
     ));
     main.push_str(&cluster_section(redis, node));
+    main.push_str(cluster);
     let t = tenant("t", &["t.gov.vn"], &[backend], "")
         + "\n[cache]\nenabled = true\n\n[[limits.rate]]\nname = \"shared\"\nrequests = 4\nper = \"1h\"\nscope = \"cluster\"\npaths = [\"/limited/**\"]\n\n[[limits.rate]]\nname = \"own\"\nrequests = 2\nper = \"1h\"\npaths = [\"/local/**\"]\n";
     Gateway::start(&main, &[("t.toml", &t)], listen, admin)

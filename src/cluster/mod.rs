@@ -71,6 +71,8 @@ pub struct Cluster {
     /// failed (the supervisor puts it back after a successful ping).
     usable: ArcSwapOption<MultiplexedConnection>,
     connected: AtomicBool,
+    /// A `cluster_degraded` event was emitted and no `cluster_recovered` since.
+    down_reported: AtomicBool,
     trouble: Notify,
     outbox: Mutex<VecDeque<Outgoing>>,
     kick: Notify,
@@ -196,6 +198,7 @@ impl Cluster {
             client,
             usable: ArcSwapOption::const_empty(),
             connected: AtomicBool::new(false),
+            down_reported: AtomicBool::new(false),
             trouble: Notify::new(),
             outbox: Mutex::new(VecDeque::new()),
             kick: Notify::new(),
@@ -890,15 +893,18 @@ impl Cluster {
                 "cluster: node {} read the shared state from {server}",
                 self.settings.node
             ),
-            Err(e) => events::emit(
-                Event::new("cluster_degraded", Severity::Warning)
-                    .field("node", &self.settings.node)
-                    .field("error", e)
-                    .field(
-                        "serving",
-                        "local copies of certificates, local limits and bans",
-                    ),
-            ),
+            Err(e) => {
+                self.down_reported.store(true, Ordering::Relaxed);
+                events::emit(
+                    Event::new("cluster_degraded", Severity::Warning)
+                        .field("node", &self.settings.node)
+                        .field("error", e)
+                        .field(
+                            "serving",
+                            "local copies of certificates, local limits and bans",
+                        ),
+                )
+            }
         }
     }
 
@@ -964,6 +970,7 @@ impl Cluster {
                 Ok((conn, client, server)) => {
                     backoff = Duration::from_millis(250);
                     let queued = self.queued();
+                    self.down_reported.store(false, Ordering::Relaxed);
                     match down_since.take() {
                         Some(t) => events::emit(
                             Event::new("cluster_recovered", Severity::Notice)
@@ -990,6 +997,7 @@ impl Cluster {
                         Err(e) => {
                             metrics::get().disconnects.inc();
                             down_since = Some(std::time::Instant::now());
+                            self.down_reported.store(true, Ordering::Relaxed);
                             events::emit(
                                 Event::new("cluster_degraded", Severity::Warning)
                                     .field("node", &self.settings.node)
@@ -1006,8 +1014,7 @@ impl Cluster {
                 Err(e) => {
                     if down_since.is_none() {
                         down_since = Some(std::time::Instant::now());
-                        if first {
-                            first = false;
+                        if first && !self.down_reported.swap(true, Ordering::Relaxed) {
                             events::emit(
                                 Event::new("cluster_degraded", Severity::Warning)
                                     .field("node", &self.settings.node)
@@ -1019,6 +1026,7 @@ impl Cluster {
                             );
                         }
                     }
+                    first = false;
                     log::debug!("cluster: {e}");
                 }
             }
