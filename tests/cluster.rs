@@ -164,7 +164,7 @@ fn cluster_configuration_errors_name_file_line_and_key() {
 }
 
 #[test]
-fn tls_and_an_acl_user_limited_to_the_prefix() {
+fn tls_and_an_acl_user_limited_to_the_prefix_without_dangerous_commands() {
     let (ca, chain, key) = test_pki(&["localhost", "127.0.0.1"]);
     let files = tempfile::tempdir().unwrap();
     let p = |n: &str| files.path().join(n).display().to_string();
@@ -188,6 +188,7 @@ fn tls_and_an_acl_user_limited_to_the_prefix() {
         "~t:*",
         "&t:*",
         "+@all",
+        "-@dangerous",
         "--user",
         "default",
         "off",
