@@ -324,11 +324,14 @@ impl Cluster {
                 }
             };
             let mut c = conn.clone();
-            // A replica would refuse writes: skip it. A server that refuses ROLE is taken.
-            let role: Result<Vec<redis::Value>, String> = self
-                .bg("role", redis::cmd("ROLE").query_async(&mut c))
-                .await;
-            if let Ok(r) = &role {
+            // A replica would refuse writes: skip it. A server that refuses ROLE (an ACL user
+            // without @dangerous commands) is taken as it is.
+            let role = tokio::time::timeout(
+                self.settings.bg_timeout(),
+                redis::cmd("ROLE").query_async::<Vec<redis::Value>>(&mut c),
+            )
+            .await;
+            if let Ok(Ok(r)) = &role {
                 if let Some(redis::Value::BulkString(b)) = r.first() {
                     if b.as_slice() != b"master" {
                         last = format!("{name}: a replica");
@@ -345,6 +348,22 @@ impl Cluster {
         let _ = self
             .mirror
             .write_blob("cluster-position", id.as_bytes(), false);
+    }
+
+    /// Writes the log position to disk when it moved (on polls, not per change: a restart
+    /// reads again at most one poll interval of changes, which are idempotent).
+    fn persist_position(&self, saved: &mut Option<String>) {
+        let pos = self
+            .position
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if pos.is_some() && pos != *saved {
+            if let Some(p) = &pos {
+                self.save_position(p);
+            }
+            *saved = pos;
+        }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -749,7 +768,6 @@ impl Cluster {
                 pos = id.clone();
                 *self.position.lock().unwrap_or_else(|e| e.into_inner()) = Some(pos.clone());
             }
-            self.save_position(&pos);
         }
     }
 
@@ -928,6 +946,8 @@ impl Cluster {
         self.drain(&mut conn).await?;
         let mut poll = tokio::time::interval(s.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut saved = None;
+        self.persist_position(&mut saved);
         loop {
             tokio::select! {
                 m = messages.next() => {
@@ -943,6 +963,7 @@ impl Cluster {
                     self.catch_up(&mut conn).await?;
                     self.poll_versions(&mut conn).await?;
                     self.drain(&mut conn).await?;
+                    self.persist_position(&mut saved);
                 }
                 _ = self.kick.notified() => self.drain(&mut conn).await?,
                 _ = self.trouble.notified() => {
@@ -951,7 +972,10 @@ impl Cluster {
                     }
                     self.usable.store(Some(Arc::new(conn.clone())));
                 }
-                _ = shutdown.changed() => return Ok(true),
+                _ = shutdown.changed() => {
+                    self.persist_position(&mut saved);
+                    return Ok(true);
+                }
             }
         }
     }
