@@ -1072,3 +1072,16 @@ impl BackgroundService for Service {
         self.0.supervise(&mut shutdown).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_positions_order_by_time_then_sequence() {
+        assert!(parse_id("1700000000000-1") > parse_id("1700000000000-0"));
+        assert!(parse_id("1700000000001-0") > parse_id("1700000000000-9"));
+        assert_eq!(parse_id("0-0"), (0, 0));
+        assert_eq!(parse_id("garbage"), (0, 0));
+    }
+}
