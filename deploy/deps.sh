@@ -3,15 +3,16 @@
 # with --test, the real programs the test suite starts (curl; BIND's named and nsupdate for
 # online checks and DNS-01; promtool; Chromium and Node.js for the accessibility checker;
 # rsyslogd with the TLS driver as the SOC receiver; pebble and pebble-challtestsrv as the ACME CA;
-# testssl for the TLS audit; nginx and h2load for the benchmarks; the OWASP Core Rule Set). Debian/Ubuntu; installs only
+# testssl for the TLS audit; redis-server shared by the nodes of the cluster tests; nginx and h2load
+# for the benchmarks; the OWASP Core Rule Set). Debian/Ubuntu; installs only
 # what is missing, so it is quick on a machine that already has everything.
 set -euo pipefail
 
 want_bins=(cmake cc)
 want_pkgs=(cmake gcc)
 if [[ "${1:-}" == "--test" ]]; then
-  want_bins+=(curl named nsupdate promtool chromium node npm rsyslogd pebble testssl nginx h2load)
-  want_pkgs+=(curl bind9 bind9-dnsutils prometheus chromium nodejs npm rsyslog pebble testssl.sh nginx nghttp2-client)
+  want_bins+=(curl named nsupdate promtool chromium node npm rsyslogd pebble testssl redis-server nginx h2load)
+  want_pkgs+=(curl bind9 bind9-dnsutils prometheus chromium nodejs npm rsyslog pebble testssl.sh redis-server nginx nghttp2-client)
 fi
 
 # named and other daemons live in sbin, which is not on every user's PATH.

@@ -104,6 +104,8 @@ pub struct Settings {
     pub availability: crate::config::AvailabilityConfig,
     pub tls: crate::tls::TlsGlobal,
     pub acme: Arc<crate::acme::AcmeSettings>,
+    /// `[cluster]`: Redis shared with other nodes (takes effect at start).
+    pub cluster: Option<Arc<crate::cluster::Settings>>,
 }
 
 /// Files of the admin listener's TLS (checked to be readable and valid at build).
@@ -223,6 +225,7 @@ impl Snapshot {
             availability: main.availability.clone(),
             tls: crate::tls::TlsGlobal::from_config(cfg)?,
             acme: Arc::new(crate::acme::AcmeSettings::from_config(cfg)?),
+            cluster: crate::cluster::Settings::from_config(cfg)?.map(Arc::new),
         };
 
         let access = crate::access::Global::build(cfg)?;

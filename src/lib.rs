@@ -9,7 +9,9 @@
 //! `config` (file format) and `gateway` (the runtime snapshot built from a config), with
 //! `server` wiring them into pingora. `access` (operator rules), `geoip` and `limits` (rate
 //! limits, bans, connection protection) guard the pipeline's first steps; `cache` (page
-//! cache: policy, storage tiers, purge) answers from stored copies after them.
+//! cache: policy, storage tiers, purge) answers from stored copies after them. `cluster`
+//! (optional) shares certificates, ACME locks, limits, bans and purges between nodes through
+//! Redis, plugged into those modules' hooks.
 
 pub mod access;
 pub mod acme;
@@ -18,6 +20,7 @@ pub mod availability;
 pub mod cache;
 pub mod calendar;
 pub mod certs;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod forwarded;

@@ -70,13 +70,30 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
 
     // Certificates: loaded before any listener accepts, so the first handshake has them.
     crate::tls::install_crypto_provider();
-    let store: Arc<dyn crate::certs::CertStore> =
-        Arc::new(crate::certs::DirStore::new(settings.tls.cert_dir.clone()));
     let certs = Arc::new(crate::tls::CertResolver::new(
         crate::tls::generated_default()?,
     ));
+    // In cluster mode the directory is this node's mirror of the shared store.
+    let dir_store = crate::certs::DirStore::new(settings.tls.cert_dir.clone());
+    let cluster = match &settings.cluster {
+        Some(c) => Some(crate::cluster::Cluster::new(
+            c.clone(),
+            dir_store.clone(),
+            certs.clone(),
+        )?),
+        None => None,
+    };
+    let store: Arc<dyn crate::certs::CertStore> = match &cluster {
+        Some(c) => Arc::new(crate::cluster::RedisStore::new(dir_store, c.clone())),
+        None => Arc::new(dir_store),
+    };
     crate::tls::load_all(&gateway.snapshot(), store.as_ref(), &certs);
     let challenges = Arc::new(crate::acme::Challenges::default());
+    if let Some(c) = &cluster {
+        c.install_hooks(&challenges);
+        // Newer certificates from the other nodes before the first handshake.
+        c.initial_sync();
+    }
     let acme = crate::acme::Manager::new(
         gateway.clone(),
         store.clone(),
@@ -180,6 +197,9 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
     }
     server.add_service(maintainer);
     server.add_service(reloader);
+    if let Some(c) = cluster {
+        server.add_service(background_service("cluster", crate::cluster::Service(c)));
+    }
     write_pid_file(&settings.pid_file);
     crate::upgrade::notify_systemd_ready();
     server.add_service(background_service("acme", crate::acme::Scheduler(acme)));

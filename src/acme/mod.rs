@@ -5,6 +5,11 @@
 //! order (`preflight`); a scheduler that renews at two-thirds of the lifetime with jitter, with
 //! bounded concurrency, exponential backoff and a ceiling, and orders resumed after a restart.
 //! New certificates go to the store and then to the TLS resolver, never the other way round.
+//!
+//! With several nodes (cluster mode registers a `Coordinator` on `Challenges`), an order for a
+//! certificate is placed only by the node holding that certificate's lock; the others wait and
+//! then find the new certificate in the shared store. HTTP-01 answers are published to every
+//! node, so the CA's validation request may reach any of them.
 //! This module does not choose certificates for handshakes (`tls`) or write files itself
 //! (`certs`).
 
@@ -28,7 +33,7 @@ use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, Semaphore};
 
@@ -249,15 +254,88 @@ impl AcmeSettings {
     }
 }
 
+/// Cluster-wide coordination of orders and HTTP-01 answers.
+#[async_trait]
+pub trait Coordinator: Send + Sync {
+    /// Tries to take the lock on ordering certificate `name` for this node.
+    async fn lock(&self, name: &str) -> Lock;
+    /// Reads certificate `name` from the shared store into this node's store and resolver
+    /// (another node may have renewed it while this one waited).
+    async fn refresh(&self, name: &str);
+    /// Waits (bounded) until this node's certificate store writes have reached the shared
+    /// store, so a node taking the lock next sees them.
+    async fn flush(&self);
+    /// Makes an HTTP-01 answer known to every node.
+    async fn publish_token(&self, token: &str, key_auth: &str) -> Result<(), String>;
+    async fn withdraw_token(&self, token: &str);
+    /// An answer published by another node, if any (bounded by the cluster timeout).
+    async fn lookup_token(&self, token: &str) -> Option<String>;
+}
+
+/// Result of asking for an order lock.
+pub enum Lock {
+    /// This node holds it until `release` (its lease is renewed meanwhile).
+    Held(Box<dyn HeldLock>),
+    /// Another node holds it; ask again after `retry_in`.
+    Busy { holder: String, retry_in: Duration },
+    /// The shared state cannot be reached.
+    Unavailable,
+}
+
+/// A held order lock.
+#[async_trait]
+pub trait HeldLock: Send {
+    async fn release(self: Box<Self>);
+}
+
 /// HTTP-01 tokens being validated: token → key authorization.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Challenges {
     tokens: RwLock<HashMap<String, String>>,
+    coordinator: OnceLock<Arc<dyn Coordinator>>,
+}
+
+impl std::fmt::Debug for Challenges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Challenges")
+            .field("clustered", &self.coordinator.get().is_some())
+            .finish()
+    }
 }
 
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
+/// Tokens are base64url (RFC 8555 §8.1); anything else is not asked about across the cluster.
+fn plausible_token(t: &str) -> bool {
+    (16..=256).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 impl Challenges {
+    /// Joins this node to a cluster (once, at start).
+    pub fn set_coordinator(&self, c: Arc<dyn Coordinator>) {
+        let _ = self.coordinator.set(c);
+    }
+
+    pub fn coordinator(&self) -> Option<Arc<dyn Coordinator>> {
+        self.coordinator.get().cloned()
+    }
+
+    /// The pipeline's entry point in cluster mode: this node's answer, else one published by
+    /// another node (asked only for a path under the challenge prefix).
+    pub async fn answer(&self, path: &str) -> Option<String> {
+        if let Some(a) = self.http01_answer(path) {
+            return Some(a);
+        }
+        let token = path.strip_prefix(CHALLENGE_PREFIX)?;
+        let c = self.coordinator.get()?;
+        if !plausible_token(token) {
+            return None;
+        }
+        c.lookup_token(token).await
+    }
+
     /// The pipeline's entry point: the body to answer for this path, if it is a live token.
     pub fn http01_answer(&self, path: &str) -> Option<String> {
         let token = path.strip_prefix(CHALLENGE_PREFIX)?;
@@ -546,7 +624,7 @@ impl Manager {
             s.running = true;
         }
         let p = Progress::default();
-        let ok = self.attempt(&t, &p).await;
+        let ok = self.attempt(&t, &p, true).await;
         let lines = p.lines();
         if ok {
             Ok(lines)
@@ -555,10 +633,92 @@ impl Manager {
         }
     }
 
-    /// One attempt with its bookkeeping (schedule, events); true on success.
-    async fn attempt(self: &Arc<Self>, t: &Target, p: &Progress) -> bool {
+    /// Re-schedules `t` for `wait` from now without counting a failure.
+    fn defer(&self, t: &Target, wait: Duration) {
+        let now = crate::tls::now_unix();
+        let mut sched = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+        let s = sched.entry(t.name.clone()).or_insert(Sched {
+            next: now,
+            failures: 0,
+            running: true,
+        });
+        s.running = false;
+        s.next = now + wait.as_secs().max(1) as i64;
+    }
+
+    /// Whether a certificate for `t` good for more than a week is being served.
+    fn has_good_certificate(&self, t: &Target) -> bool {
+        self.resolver
+            .get(&format!("acme:{}", t.name))
+            .is_some_and(|l| l.info.days_left() > 7)
+    }
+
+    /// One attempt with its bookkeeping (schedule, events); true on success. In a cluster the
+    /// order lock is taken first; `forced` (an operator's renewal) orders even when another
+    /// node renewed the certificate meanwhile.
+    async fn attempt(self: &Arc<Self>, t: &Target, p: &Progress, forced: bool) -> bool {
         let settings = self.settings();
         let permit = self.permits.acquire().await;
+        let mut held = None;
+        if let Some(c) = self.challenges.coordinator() {
+            match c.lock(&t.name).await {
+                Lock::Held(h) => {
+                    p.step(&t.name, "holding the cluster order lock".to_string());
+                    held = Some(h);
+                    c.refresh(&t.name).await;
+                    if !forced && self.first_due(t) > crate::tls::now_unix() {
+                        p.step(
+                            &t.name,
+                            "already renewed by another node; nothing to order".to_string(),
+                        );
+                        if let Some(h) = held.take() {
+                            h.release().await;
+                        }
+                        drop(permit);
+                        let mut sched = self.sched.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(s) = sched.get_mut(&t.name) {
+                            s.running = false;
+                            s.failures = 0;
+                            s.next = self.first_due(t);
+                        }
+                        return true;
+                    }
+                }
+                Lock::Busy { holder, retry_in } => {
+                    p.step(
+                        &t.name,
+                        format!("node {holder} is ordering this certificate; waiting for it"),
+                    );
+                    drop(permit);
+                    self.defer(t, retry_in);
+                    return false;
+                }
+                Lock::Unavailable => {
+                    if self.has_good_certificate(t) && !forced {
+                        p.step(
+                            &t.name,
+                            "cluster state unreachable; renewal deferred".to_string(),
+                        );
+                        drop(permit);
+                        self.defer(t, Duration::from_secs(60));
+                        return false;
+                    }
+                    events::emit(
+                        Event::new("acme_unlocked_order", Severity::Warning)
+                            .tenant(&t.name)
+                            .field("names", t.names.join(","))
+                            .field(
+                                "cause",
+                                "cluster state unreachable and no certificate good for a week",
+                            ),
+                    );
+                    p.step(
+                        &t.name,
+                        "cluster state unreachable; ordering without the lock".to_string(),
+                    );
+                }
+            }
+        }
         let had = self.resolver.get(&format!("acme:{}", t.name)).is_some();
         let published = Published::default();
         let res = tokio::time::timeout(
@@ -571,6 +731,13 @@ impl Manager {
         .unwrap_or_else(|_| Err(Failure::at("order", "timed out")));
         // Withdrawn whether the attempt finished or was cut off by the timeout.
         self.withdraw(t, &published).await;
+        if let Some(h) = held {
+            // The next holder must find what this one stored.
+            if let Some(c) = self.challenges.coordinator() {
+                c.flush().await;
+            }
+            h.release().await;
+        }
         drop(permit);
         let now = crate::tls::now_unix();
         let ok = res.is_ok();
@@ -724,8 +891,12 @@ impl Manager {
     async fn withdraw(&self, t: &Target, published: &Published) {
         let tokens =
             std::mem::take(&mut *published.tokens.lock().unwrap_or_else(|e| e.into_inner()));
+        let coordinator = self.challenges.coordinator();
         for tok in &tokens {
             self.challenges.remove(tok);
+            if let Some(c) = &coordinator {
+                c.withdraw_token(tok).await;
+            }
         }
         let txt = std::mem::take(&mut *published.txt.lock().unwrap_or_else(|e| e.into_inner()));
         for (zone, ident, value) in &txt {
@@ -860,6 +1031,18 @@ impl Manager {
                         })?;
                         self.challenges
                             .insert(&ch.token, ch.key_authorization().as_str());
+                        if let Some(c) = self.challenges.coordinator() {
+                            // This node still answers; only others may miss it.
+                            if let Err(e) = c
+                                .publish_token(&ch.token, ch.key_authorization().as_str())
+                                .await
+                            {
+                                p.step(
+                                    &t.name,
+                                    format!("http-01 answer not shared with other nodes: {e}"),
+                                );
+                            }
+                        }
                         published
                             .tokens
                             .lock()
@@ -1014,7 +1197,7 @@ impl Manager {
                 let m = self.clone();
                 tokio::spawn(async move {
                     let p = Progress::default();
-                    m.attempt(&t, &p).await;
+                    m.attempt(&t, &p, false).await;
                 });
             }
             // Expiry is counted in days: once a minute is plenty.

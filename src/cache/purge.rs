@@ -80,6 +80,15 @@ pub fn apply_local(p: &Purge) -> u64 {
     n
 }
 
+/// Drops every object of this node's cache (a node that missed purges while away from its
+/// cluster); returns how many went.
+pub fn apply_local_all() -> u64 {
+    match super::storage::global() {
+        Some(s) => s.purge_matching(|_, _| true),
+        None => 0,
+    }
+}
+
 /// Called by the admin API: applies locally, then hands the purge to every registered listener
 /// (cluster mode registers one that publishes it to the other nodes).
 pub fn purge(p: &Purge) -> u64 {

@@ -58,6 +58,11 @@ impl DirStore {
         &self.dir
     }
 
+    /// Whether `name` may name a managed certificate or a state blob.
+    pub fn valid_name(name: &str) -> bool {
+        valid_key(name)
+    }
+
     fn managed_path(&self, name: &str) -> std::io::Result<PathBuf> {
         check_key(name)?;
         Ok(self.dir.join("acme").join(format!("{name}.pem")))

@@ -117,6 +117,21 @@ pub struct RateConfig {
     pub paths: Vec<Spanned<String>>,
     #[serde(default)]
     pub key: RateKey,
+    /// Where the limit is counted: on each node (`local`) or across the cluster (`cluster`).
+    #[serde(default)]
+    pub scope: RateScope,
+}
+
+/// Where a limit's state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RateScope {
+    /// This node's memory: fastest, each node counts alone.
+    #[default]
+    Local,
+    /// Redis, shared by every node of `[cluster]` (local when there is no cluster or while
+    /// Redis is unreachable).
+    Cluster,
 }
 
 /// `[bans]`: repeat offenders are refused for a while.

@@ -7,6 +7,7 @@
 
 mod access;
 mod cache;
+mod cluster;
 mod duration;
 mod error;
 mod model;
@@ -17,6 +18,7 @@ mod waf;
 
 pub use access::*;
 pub use cache::*;
+pub use cluster::*;
 pub use duration::Dur;
 pub use error::{ConfigError, Located};
 pub use model::*;

@@ -55,6 +55,8 @@ pub struct MainConfig {
     /// The WAF's rule files and body inspection bounds.
     #[serde(default)]
     pub waf: super::WafConfig,
+    /// Several nodes sharing state through Redis; absent: a single node.
+    pub cluster: Option<Spanned<super::ClusterConfig>>,
 }
 
 /// `[availability]`: probing every tenant through the gateway.

@@ -5,12 +5,16 @@
 //!
 //! Bans are process-wide (not per tenant): a client attacking one portal is refused by all.
 //! The table is bounded (`bans.max_entries`); a ban is never evicted before a clean record.
+//!
+//! Every ban decided here and every ban lifted here is handed to the listeners registered with
+//! [`on_change`] (cluster mode registers one that tells the other nodes, which call
+//! [`apply_remote`]); a change applied with `apply_remote` is not handed on again.
 
 use super::table::Table;
 use super::ClientKey;
 use crate::events::{emit, Event, Severity};
 use crate::geoip::Country;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone)]
@@ -44,6 +48,90 @@ pub struct BanInfo {
 }
 
 static BANS: LazyLock<Table<ClientKey, Record>> = LazyLock::new(|| Table::new(100_000));
+
+/// A ban decided or lifted on this node, as other nodes learn it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum BanChange {
+    Banned {
+        /// The client key as listed (`203.0.113.7`, `2001:db8:1:2::/64`).
+        key: String,
+        /// End of the ban, Unix milliseconds.
+        until_ms: u64,
+        reason: String,
+        tenant: String,
+        offences: u32,
+    },
+    Lifted {
+        key: String,
+    },
+}
+
+type Listener = Arc<dyn Fn(&BanChange) + Send + Sync>;
+static LISTENERS: RwLock<Vec<Listener>> = RwLock::new(Vec::new());
+
+/// Registers a listener called with every ban decided or lifted on this node.
+pub fn on_change(listener: Box<dyn Fn(&BanChange) + Send + Sync>) {
+    LISTENERS
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Arc::from(listener));
+}
+
+fn notify(c: &BanChange) {
+    let listeners: Vec<Listener> = LISTENERS.read().unwrap_or_else(|p| p.into_inner()).clone();
+    for l in listeners {
+        l(c);
+    }
+}
+
+/// The reasons this build knows, so a record keeps a static string.
+fn static_reason(r: &str) -> &'static str {
+    match r {
+        "rate_limit" => "rate_limit",
+        "waf" => "waf",
+        "admin" => "admin",
+        _ => "cluster",
+    }
+}
+
+/// Applies a ban or lift decided on another node. A ban only ever lengthens the local one.
+/// Returns whether anything changed.
+pub fn apply_remote(c: &BanChange) -> bool {
+    match c {
+        BanChange::Banned {
+            key,
+            until_ms,
+            reason,
+            tenant,
+            offences,
+        } => {
+            let Some(k) = ClientKey::parse(key) else {
+                return false;
+            };
+            if *until_ms <= now_ms() {
+                return false;
+            }
+            BANS.update(&k, Record::default, |r| {
+                if r.banned_until_ms >= *until_ms {
+                    return false;
+                }
+                r.banned_until_ms = *until_ms;
+                r.offences = r.offences.max(*offences);
+                r.strikes = 0;
+                r.reason = static_reason(reason);
+                r.tenant = tenant.clone();
+                true
+            })
+        }
+        BanChange::Lifted { key } => {
+            let Some(k) = ClientKey::parse(key) else {
+                return false;
+            };
+            lift_inner(&k)
+        }
+    }
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -98,9 +186,16 @@ pub fn strike(
         r.banned_until_ms = now + len.as_millis() as u64;
         r.reason = reason;
         r.tenant = tenant.to_string();
-        Some((len, r.offences))
+        Some((len, r.offences, r.banned_until_ms))
     });
-    let (len, offences) = banned?;
+    let (len, offences, until_ms) = banned?;
+    notify(&BanChange::Banned {
+        key: key.to_string(),
+        until_ms,
+        reason: reason.to_string(),
+        tenant: tenant.to_string(),
+        offences,
+    });
     crate::metrics::get()
         .bans
         .with_label_values(&[reason])
@@ -143,6 +238,16 @@ pub fn active() -> usize {
 /// Lifts the ban on a key (as listed); the record of offences is kept so a repeat offender
 /// still gets a longer ban. False when the key was not banned.
 pub fn lift(key: &ClientKey) -> bool {
+    let lifted = lift_inner(key);
+    if lifted {
+        notify(&BanChange::Lifted {
+            key: key.to_string(),
+        });
+    }
+    lifted
+}
+
+fn lift_inner(key: &ClientKey) -> bool {
     let now = now_ms();
     if BANS.peek(key, |_| ()).is_none() {
         return false;

@@ -9,6 +9,11 @@
 //!
 //! Entry points of the pipeline: `early` (bans, connection bookkeeping), `enforce` (limits),
 //! and `conn::Guarded` wraps the proxy service for per-connection caps and timeouts.
+//!
+//! A limit with `scope = "cluster"` is counted by the `SharedLimiter` registered with
+//! [`set_shared`] (cluster mode registers one backed by Redis); without one, or when it is
+//! unavailable, the limit is counted here like a local one. Limits with `scope = "local"`
+//! never look at the shared limiter.
 
 pub mod bans;
 pub mod cli;
@@ -16,9 +21,11 @@ pub mod conn;
 pub mod table;
 
 use crate::access::path::{self, PathPattern};
-use crate::config::{Config, ConfigError, RateConfig, RateKey, SourceFile};
+use crate::config::{Config, ConfigError, RateConfig, RateKey, RateScope, SourceFile};
 use crate::events::{emit, Event, Severity};
 use crate::geoip::Country;
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
 use ipnet::IpNet;
 use std::collections::hash_map::DefaultHasher;
 use std::fmt;
@@ -107,6 +114,10 @@ pub struct Limit {
     tolerance_ns: u64,
     paths: Vec<PathPattern>,
     key: RateKey,
+    scope: RateScope,
+    /// Stable name of the limit's shared state (the same on every node with the same
+    /// configuration): a digest of tenant, name and parameters.
+    shared_id: Arc<str>,
 }
 
 /// The limits of one tenant (its own and the global ones) and its allow-list.
@@ -114,6 +125,8 @@ pub struct Limit {
 pub struct TenantLimits {
     limits: Vec<Limit>,
     allow: Vec<IpNet>,
+    /// Whether any limit is counted across the cluster.
+    any_cluster: bool,
 }
 
 /// Global settings of limits, bans and connections.
@@ -203,7 +216,12 @@ impl Settings {
         }
         limits.extend(own);
         let allow = crate::access::nets(src, "limits.allow_cidrs", &t.allow_cidrs)?;
-        Ok(TenantLimits { limits, allow })
+        let any_cluster = limits.iter().any(|l| l.scope == RateScope::Cluster);
+        Ok(TenantLimits {
+            limits,
+            allow,
+            any_cluster,
+        })
     }
 }
 
@@ -242,6 +260,22 @@ fn compile(
             );
         }
         let emission_ns = (per.as_nanos() / u128::from(requests)).max(1) as u64;
+        let shared_id = {
+            let mut text = format!(
+                "{tenant}\x1f{name}\x1f{emission_ns}\x1f{burst}\x1f{:?}",
+                rc.key
+            );
+            for p in &paths {
+                text.push('\x1f');
+                text.push_str(&p.source);
+            }
+            let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+            let hex: String = d.as_ref()[..10]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            Arc::from(hex.as_str())
+        };
         let mut h = DefaultHasher::new();
         (tenant, name, emission_ns, burst, rc.key).hash(&mut h);
         for p in &paths {
@@ -254,6 +288,8 @@ fn compile(
             tolerance_ns: emission_ns.saturating_mul(u64::from(burst - 1)),
             paths,
             key: rc.key,
+            scope: rc.scope,
+            shared_id,
         });
     }
     Ok(out)
@@ -297,7 +333,29 @@ fn take(limit: &Limit, key: ClientKey, now: u64) -> Option<Duration> {
     )
 }
 
+/// GCRA state kept outside this process, shared by the nodes of a cluster.
+#[async_trait]
+pub trait SharedLimiter: Send + Sync {
+    /// One GCRA decision on `key`: `Ok(None)` when the request conforms (and is counted),
+    /// `Ok(Some(wait))` when it is over, `Err(())` when the shared state cannot answer in time
+    /// (the caller then counts locally).
+    async fn take(
+        &self,
+        key: &str,
+        emission_ns: u64,
+        tolerance_ns: u64,
+    ) -> Result<Option<Duration>, ()>;
+}
+
+static SHARED: ArcSwapOption<Box<dyn SharedLimiter>> = ArcSwapOption::const_empty();
+
+/// Registers (or with `None` removes) the limiter of `scope = "cluster"` limits.
+pub fn set_shared(l: Option<Box<dyn SharedLimiter>>) {
+    SHARED.store(l.map(Arc::new));
+}
+
 /// Checks the limits of a tenant for a client and path (normalised); the first limit over.
+/// Every limit is counted in this process (cluster-scoped ones too): see [`check_shared`].
 pub fn check(s: &Settings, t: &TenantLimits, ip: IpAddr, norm_path: &str) -> Option<Hit> {
     if t.limits.is_empty() {
         return None;
@@ -333,9 +391,66 @@ pub fn check(s: &Settings, t: &TenantLimits, ip: IpAddr, norm_path: &str) -> Opt
     None
 }
 
+/// [`check`] with `scope = "cluster"` limits counted by the registered shared limiter (each
+/// falls back to the local count when it cannot answer).
+pub async fn check_shared(
+    s: &Settings,
+    t: &TenantLimits,
+    ip: IpAddr,
+    norm_path: &str,
+) -> Option<Hit> {
+    let shared = SHARED.load_full();
+    let Some(shared) = shared.filter(|_| t.any_cluster) else {
+        return check(s, t, ip, norm_path);
+    };
+    if t.limits.is_empty() {
+        return None;
+    }
+    let ip = ip.to_canonical();
+    if s.allow.iter().any(|n| n.contains(&ip)) || t.allow.iter().any(|n| n.contains(&ip)) {
+        return None;
+    }
+    let client = s.key(ip);
+    let mut segs: Option<Vec<&str>> = None;
+    for l in &t.limits {
+        if !l.paths.is_empty()
+            && !l
+                .paths
+                .iter()
+                .any(|p| p.matches(segs.get_or_insert_with(|| path::segments(norm_path))))
+        {
+            continue;
+        }
+        let key = match l.key {
+            RateKey::Client => client,
+            RateKey::Tenant => ClientKey::ALL,
+        };
+        let over = if l.scope == RateScope::Cluster {
+            let name = match l.key {
+                RateKey::Client => format!("{}:{key}", l.shared_id),
+                RateKey::Tenant => format!("{}:*", l.shared_id),
+            };
+            match shared.take(&name, l.emission_ns, l.tolerance_ns).await {
+                Ok(r) => r,
+                Err(()) => take(l, key, now_ns()),
+            }
+        } else {
+            take(l, key, now_ns())
+        };
+        if let Some(wait) = over {
+            return Some(Hit {
+                limit: l.name.clone(),
+                key: client,
+                retry_after: wait,
+            });
+        }
+    }
+    None
+}
+
 /// The rate-limit step of the pipeline: `Some(Retry-After seconds)` when the request must
 /// get 429. Counts the hit, emits the event and strikes the client towards a ban.
-pub fn enforce(
+pub async fn enforce(
     s: &Settings,
     t: &TenantLimits,
     tenant: &str,
@@ -343,7 +458,11 @@ pub fn enforce(
     country: Country,
     norm_path: &str,
 ) -> Option<u64> {
-    let hit = check(s, t, ip, norm_path)?;
+    let hit = if t.any_cluster {
+        check_shared(s, t, ip, norm_path).await?
+    } else {
+        check(s, t, ip, norm_path)?
+    };
     let secs = hit.retry_after.as_secs() + u64::from(hit.retry_after.subsec_nanos() > 0);
     let secs = secs.max(1);
     crate::metrics::get()
@@ -417,6 +536,8 @@ mod tests {
             tolerance_ns: 2_000_000_000,
             paths: vec![],
             key: RateKey::Client,
+            scope: RateScope::Local,
+            shared_id: Arc::from("t"),
         };
         let k = ClientKey::of("192.0.2.1".parse().unwrap(), 32, 64);
         let t0 = 10_000_000_000_000;

@@ -222,7 +222,14 @@ impl ProxyHttp for Proxy {
         ctx.country = snap.access.country(ctx.client_ip);
 
         // 2. ACME HTTP-01: answered for every name before anything can redirect or refuse it.
-        if let Some(key_auth) = self.challenges.http01_answer(req.uri.path()) {
+        let challenge = if req.uri.path().starts_with("/.well-known/acme-challenge/") {
+            let path = req.uri.path().to_string();
+            self.challenges.answer(&path).await
+        } else {
+            None
+        };
+        let req = session.req_header();
+        if let Some(key_auth) = challenge {
             ctx.host = request_host(req).unwrap_or("").to_string();
             ctx.snapshot = Some(snap);
             return local::respond_text(session, ctx, 200, &[], &key_auth).await;
@@ -336,7 +343,9 @@ impl ProxyHttp for Proxy {
             ctx.client_ip,
             ctx.country,
             &norm_path,
-        ) {
+        )
+        .await
+        {
             return local::too_many_requests(session, ctx, retry_after).await;
         }
 
