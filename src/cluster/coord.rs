@@ -52,7 +52,17 @@ impl crate::acme::Coordinator for Coord {
         let c = &self.cluster;
         let s = &c.settings;
         let m = metrics::get();
-        let Some(mut conn) = c.usable() else {
+        // Orders are not on the request path: give a node that is still connecting (at start,
+        // or just after a blip) a few seconds before ordering without the lock.
+        let mut conn = None;
+        for _ in 0..50 {
+            conn = c.usable();
+            if conn.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let Some(mut conn) = conn else {
             m.locks.with_label_values(&["unavailable"]).inc();
             return Lock::Unavailable;
         };
