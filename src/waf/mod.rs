@@ -483,17 +483,8 @@ pub fn report(t: &Transaction, s: &Subject) {
 }
 
 fn severity_name(s: u8) -> &'static str {
-    [
-        "EMERGENCY",
-        "ALERT",
-        "CRITICAL",
-        "ERROR",
-        "WARNING",
-        "NOTICE",
-        "INFO",
-        "DEBUG",
-    ]
-    .get(s as usize)
-    .copied()
-    .unwrap_or("DEBUG")
+    rules::SEVERITIES
+        .get(s as usize)
+        .copied()
+        .unwrap_or("DEBUG")
 }

@@ -460,6 +460,19 @@ fn dynamic_regex(cache: &Mutex<Vec<(String, Arc<Re>)>>, pattern: &str) -> Option
 
 /// Runs a regex. Captures follow PCRE: groups up to the last one that took part, a group
 /// that did not take part before it is empty.
+/// TX:0..9 from a match: groups up to the last that took part (as PCRE reports them), a group
+/// before it that did not take part as empty.
+fn push_groups<'a>(
+    captures: &mut Vec<Vec<u8>>,
+    len: usize,
+    group: impl Fn(usize) -> Option<&'a [u8]>,
+) {
+    let last = (0..len).rev().find(|&g| group(g).is_some()).unwrap_or(0);
+    for g in 0..=last.min(9) {
+        captures.push(group(g).map(<[u8]>::to_vec).unwrap_or_default());
+    }
+}
+
 fn regex_match(re: &Re, input: &[u8], capture: bool, captures: &mut Vec<Vec<u8>>) -> bool {
     match re {
         // libmodsecurity answers before running anything: no captures.
@@ -486,13 +499,7 @@ fn regex_match(re: &Re, input: &[u8], capture: bool, captures: &mut Vec<Vec<u8>>
         Re::Linear(re, _) if capture && !re.is_match(input) => false,
         Re::Linear(re, _) if capture => match re.captures(input) {
             Some(c) => {
-                let last = (0..c.len())
-                    .rev()
-                    .find(|&g| c.get(g).is_some())
-                    .unwrap_or(0);
-                for g in 0..=last.min(9) {
-                    captures.push(c.get(g).map(|m| m.as_bytes().to_vec()).unwrap_or_default());
-                }
+                push_groups(captures, c.len(), |g| c.get(g).map(|m| m.as_bytes()));
                 true
             }
             None => false,
@@ -500,13 +507,7 @@ fn regex_match(re: &Re, input: &[u8], capture: bool, captures: &mut Vec<Vec<u8>>
         Re::Linear(re, _) => re.is_match(input),
         Re::Backtracking(re) if capture => match re.captures(input) {
             Ok(Some(c)) => {
-                let last = (0..c.len())
-                    .rev()
-                    .find(|&g| c.get(g).is_some())
-                    .unwrap_or(0);
-                for g in 0..=last.min(9) {
-                    captures.push(c.get(g).map(|m| m.as_bytes().to_vec()).unwrap_or_default());
-                }
+                push_groups(captures, c.len(), |g| c.get(g).map(|m| m.as_bytes()));
                 true
             }
             // Over the step limit counts as no match: bounded time wins.

@@ -354,22 +354,24 @@ fn parse_disruptive(name: &str, value: Option<&str>) -> Option<Disruptive> {
     })
 }
 
+/// Severity names by number (`severity:2` is `CRITICAL`).
+pub const SEVERITIES: [&str; 8] = [
+    "EMERGENCY",
+    "ALERT",
+    "CRITICAL",
+    "ERROR",
+    "WARNING",
+    "NOTICE",
+    "INFO",
+    "DEBUG",
+];
+
 fn parse_severity(v: &str) -> Option<u8> {
     let v = v.trim();
     if let Ok(n) = v.parse::<u8>() {
         return Some(n.min(7));
     }
-    const NAMES: [&str; 8] = [
-        "EMERGENCY",
-        "ALERT",
-        "CRITICAL",
-        "ERROR",
-        "WARNING",
-        "NOTICE",
-        "INFO",
-        "DEBUG",
-    ];
-    NAMES
+    SEVERITIES
         .iter()
         .position(|n| n.eq_ignore_ascii_case(v))
         .map(|p| p as u8)
