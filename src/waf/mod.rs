@@ -9,6 +9,7 @@
 //! limits or the cache itself: the pipeline in `proxy` acts on its verdicts.
 
 pub mod body;
+mod memo;
 pub mod operators;
 pub mod rules;
 pub mod seclang;

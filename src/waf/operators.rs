@@ -257,6 +257,16 @@ impl Operator {
     }
 
     /// True for a regex only the bounded backtracking engine can run (listed at start-up).
+    /// Whether the result depends on the input alone (no macros in the parameter), so it may
+    /// be remembered per value.
+    pub fn is_pure(&self) -> bool {
+        match &self.kind {
+            Kind::RxDynamic(..) => false,
+            Kind::Str(_, _, dynamic) | Kind::Num(_, _, dynamic) => !dynamic,
+            _ => true,
+        }
+    }
+
     pub fn uses_backtracking(&self) -> bool {
         matches!(self.kind, Kind::Rx(Re::Backtracking(_)))
     }

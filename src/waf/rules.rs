@@ -133,9 +133,17 @@ pub struct Rule {
     pub severity: Option<u8>,
     pub tags: Vec<String>,
     pub chain: Option<Box<Rule>>,
+    /// This link's bit in its chain key's verdict memo (`memo::ChainMemo`), for links whose
+    /// operator result depends on the value alone.
+    pub memo_slot: Option<u32>,
 }
 
 impl Rule {
+    /// This link's chain key in a value memo (`RuleSet::memo_widths`).
+    pub fn memo_key(&self, chains: usize) -> usize {
+        self.transforms as usize + if self.multi_match { chains } else { 0 }
+    }
+
     /// Links of the chain from this rule on.
     pub fn links(&self) -> impl Iterator<Item = &Rule> {
         std::iter::successors(Some(self), |r| r.chain.as_deref())
@@ -194,6 +202,14 @@ pub struct RuleSet {
     pub rule_count: usize,
     /// Positions of each marker in each phase's list (for `skipAfter` without a scan).
     pub markers: [HashMap<String, Vec<usize>>; 6],
+    /// Unique per compiled set in this process: verdicts remembered across requests are
+    /// keyed by it.
+    pub id: u64,
+    /// Per chain key (a chain's index, plus `chains.len()` for `multiMatch` links): how many
+    /// links hold a `memo_slot` under it.
+    pub memo_widths: Vec<u32>,
+    /// Per phase and entry: where evaluation goes on after that rule's `skipAfter`.
+    pub jumps: [Vec<u32>; 6],
 }
 
 impl RuleSet {
@@ -245,6 +261,13 @@ impl RuleSet {
                 backtracking: Vec::new(),
                 rule_count: 0,
                 markers: Default::default(),
+                id: {
+                    static NEXT: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(1);
+                    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                },
+                memo_widths: Vec::new(),
+                jumps: Default::default(),
             },
             chain_index: HashMap::new(),
             open_chain: None,
@@ -258,12 +281,41 @@ impl RuleSet {
             return Err(err_at(&d.0, d.1, "chain without a following rule".into()));
         }
         b.apply_removals();
+        let chains = b.set.chains.len();
+        let mut widths = vec![0u32; 2 * chains];
+        for list in b.set.phases.iter_mut() {
+            for e in list.iter_mut() {
+                let Entry::Rule(r) = e else { continue };
+                let mut link: Option<&mut Rule> = Some(r);
+                while let Some(l) = link {
+                    if l.op.is_pure() {
+                        let key = l.memo_key(chains);
+                        l.memo_slot = Some(widths[key]);
+                        widths[key] += 1;
+                    }
+                    link = l.chain.as_deref_mut();
+                }
+            }
+        }
+        b.set.memo_widths = widths;
         for (p, list) in b.set.phases.iter().enumerate() {
             for (i, e) in list.iter().enumerate() {
                 if let Entry::Marker(m) = e {
                     b.set.markers[p].entry(m.clone()).or_default().push(i);
                 }
             }
+        }
+        for p in 0..6 {
+            let jumps = (0..b.set.phases[p].len())
+                .map(|i| match &b.set.phases[p][i] {
+                    Entry::Rule(r) => match &r.skip_after {
+                        Some(m) => b.set.marker_after(p as u8, m, i) as u32,
+                        None => 0,
+                    },
+                    Entry::Marker(_) => 0,
+                })
+                .collect();
+            b.set.jumps[p] = jumps;
         }
         Ok(b.set)
     }
@@ -592,6 +644,7 @@ impl Builder {
             severity: None,
             tags: Vec::new(),
             chain: None,
+            memo_slot: None,
         };
         let mut chain = false;
         for a in &acts {

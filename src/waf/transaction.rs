@@ -6,6 +6,7 @@
 //! feeds it request facts and acts on its verdict.
 
 use super::body::{self, Processor};
+use super::memo::{self, ValueMemo};
 use super::operators::Macros;
 use super::rules::{
     in_ranges, AllowScope, Ctl, Disruptive, Entry, Mode, Rule, RuleSet, Sel, SetOp, Var,
@@ -15,14 +16,11 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 /// Matched data is cut to this many bytes in match records.
 pub const MATCH_DATA_MAX: usize = 200;
-/// Values a transformation result is cached for per transaction (bounds memory).
-const CACHE_MAX: usize = 4096;
-/// Marks a cache key as holding a `multiMatch` chain's intermediate results.
-const MULTI: u32 = 1 << 31;
 
 /// A rule (chain) that matched and logs.
 #[derive(Debug, Clone)]
@@ -76,9 +74,6 @@ pub struct Exclusions {
 }
 
 type Coll = Vec<(String, Vec<u8>)>;
-/// (value address, length, transformation chain) → result.
-type TransformCache = HashMap<(usize, usize, u32), Arc<[u8]>, foldhash::fast::FixedState>;
-
 pub struct Transaction {
     rules: Arc<RuleSet>,
     mode: Mode,
@@ -100,22 +95,93 @@ pub struct Transaction {
     started: Instant,
     allow: Option<AllowScope>,
     done_phases: u8,
-    cache: TransformCache,
+    /// Memo cells of stored values and of their keys, by collection and position (made ready
+    /// per phase; values do not move within one).
+    vmemo: Vec<Vec<MemoCell>>,
+    kmemo: Vec<Vec<MemoCell>>,
+    /// TX positions by key hash (CRS rules read TX by key hundreds of times a request).
+    tx_index: TxIndex,
     pub matches: Vec<Match>,
     pub intervention: Option<Intervention>,
     /// True when a disruptive rule matched while the engine only detects.
     pub would_block: Option<u64>,
 }
 
-/// Whether a variable is computed by `collect_computed` rather than read as stored.
-fn computed_variable(coll: usize) -> bool {
-    static T: std::sync::OnceLock<Vec<bool>> = std::sync::OnceLock::new();
-    T.get_or_init(|| {
-        VARIABLES
-            .iter()
-            .map(|v| {
+fn vi(name: &str) -> usize {
+    VARIABLES
+        .iter()
+        .position(|v| *v == name)
+        .unwrap_or_else(|| panic!("variable {name} missing from VARIABLES"))
+}
+
+/// Indexes of the variables the transaction treats specially, and per-variable properties,
+/// looked up once.
+struct Ix {
+    args: usize,
+    args_get: usize,
+    args_post: usize,
+    args_names: usize,
+    args_get_names: usize,
+    args_post_names: usize,
+    tx: usize,
+    headers: usize,
+    headers_names: usize,
+    cookies: usize,
+    cookies_names: usize,
+    files: usize,
+    files_names: usize,
+    files_sizes: usize,
+    response_headers: usize,
+    response_headers_names: usize,
+    part_headers: usize,
+    xml: usize,
+    matched_var: usize,
+    matched_var_name: usize,
+    matched_vars: usize,
+    matched_vars_names: usize,
+    duration: usize,
+    rule: usize,
+    /// Not stored as they are: unions, names, matched values, times, TX looked up by key.
+    computed: Vec<bool>,
+    /// `TIME*` variables.
+    time: Vec<bool>,
+    /// Values that stay at their address for a phase (cacheable by address): everything
+    /// but the collections rules write to and the matched values.
+    stable: Vec<bool>,
+}
+
+fn ix() -> &'static Ix {
+    static IX: std::sync::OnceLock<Ix> = std::sync::OnceLock::new();
+    IX.get_or_init(|| {
+        let table = |f: &dyn Fn(&str) -> bool| VARIABLES.iter().map(|v| f(v)).collect();
+        Ix {
+            args: vi("ARGS"),
+            args_get: vi("ARGS_GET"),
+            args_post: vi("ARGS_POST"),
+            args_names: vi("ARGS_NAMES"),
+            args_get_names: vi("ARGS_GET_NAMES"),
+            args_post_names: vi("ARGS_POST_NAMES"),
+            tx: vi("TX"),
+            headers: vi("REQUEST_HEADERS"),
+            headers_names: vi("REQUEST_HEADERS_NAMES"),
+            cookies: vi("REQUEST_COOKIES"),
+            cookies_names: vi("REQUEST_COOKIES_NAMES"),
+            files: vi("FILES"),
+            files_names: vi("FILES_NAMES"),
+            files_sizes: vi("FILES_SIZES"),
+            response_headers: vi("RESPONSE_HEADERS"),
+            response_headers_names: vi("RESPONSE_HEADERS_NAMES"),
+            part_headers: vi("MULTIPART_PART_HEADERS"),
+            xml: vi("XML"),
+            matched_var: vi("MATCHED_VAR"),
+            matched_var_name: vi("MATCHED_VAR_NAME"),
+            matched_vars: vi("MATCHED_VARS"),
+            matched_vars_names: vi("MATCHED_VARS_NAMES"),
+            duration: vi("DURATION"),
+            rule: vi("RULE"),
+            computed: table(&|v| {
                 matches!(
-                    *v,
+                    v,
                     "ARGS"
                         | "ARGS_NAMES"
                         | "ARGS_GET_NAMES"
@@ -132,63 +198,57 @@ fn computed_variable(coll: usize) -> bool {
                         | "RULE"
                         | "TX"
                 ) || v.starts_with("TIME")
-            })
-            .collect()
-    })
-    .get(coll)
-    .copied()
-    .unwrap_or(false)
-}
-
-fn vi(name: &str) -> usize {
-    VARIABLES
-        .iter()
-        .position(|v| *v == name)
-        .unwrap_or_else(|| panic!("variable {name} missing from VARIABLES"))
-}
-
-/// Indexes of the variables the transaction writes, looked up once.
-struct Ix {
-    args_get: usize,
-    args_post: usize,
-    tx: usize,
-    headers: usize,
-    cookies: usize,
-    files: usize,
-    files_sizes: usize,
-    part_headers: usize,
-    xml: usize,
-}
-
-fn ix() -> &'static Ix {
-    static IX: std::sync::OnceLock<Ix> = std::sync::OnceLock::new();
-    IX.get_or_init(|| Ix {
-        args_get: vi("ARGS_GET"),
-        args_post: vi("ARGS_POST"),
-        tx: vi("TX"),
-        headers: vi("REQUEST_HEADERS"),
-        cookies: vi("REQUEST_COOKIES"),
-        files: vi("FILES"),
-        files_sizes: vi("FILES_SIZES"),
-        part_headers: vi("MULTIPART_PART_HEADERS"),
-        xml: vi("XML"),
-    })
-}
-
-/// A value handed to an operator: borrowed from the request, or a transformation's result.
-enum Val<'a> {
-    B(&'a [u8]),
-    O(Vec<u8>),
-    S(Arc<[u8]>),
-}
-
-impl Val<'_> {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Val::B(b) => b,
-            Val::O(v) => v,
-            Val::S(a) => a,
+            }),
+            time: table(&|v| v.starts_with("TIME")),
+            stable: table(&|v| {
+                !matches!(
+                    v,
+                    "TX" | "MATCHED_VAR"
+                        | "MATCHED_VARS"
+                        | "MATCHED_VAR_NAME"
+                        | "MATCHED_VARS_NAMES"
+                        | "IP"
+                        | "GLOBAL"
+                        | "SESSION"
+                        | "USER"
+                        | "RESOURCE"
+                        | "DURATION"
+                        | "RULE"
+                ) && !v.starts_with("TIME")
+            }),
         }
+    })
+}
+
+/// Where a stored value's memo is kept once a rule needs it.
+type MemoCell = OnceLock<Arc<ValueMemo>>;
+
+/// Receives each value a target resolves to: key, value, and the value's memo cell when it
+/// has one.
+type ValueSink<'a> = dyn FnMut(&str, &[u8], Option<&MemoCell>) + 'a;
+
+/// TX positions by key hash, seeded per process (a colliding key costs a scan, no more).
+struct TxIndex {
+    map: HashMap<u64, u32, foldhash::fast::FixedState>,
+    seed: foldhash::fast::FixedState,
+}
+
+impl Default for TxIndex {
+    fn default() -> Self {
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let seed = *SEED.get_or_init(|| {
+            std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64)
+        });
+        TxIndex {
+            map: HashMap::with_capacity_and_hasher(128, foldhash::fast::FixedState::with_seed(0)),
+            seed: foldhash::fast::FixedState::with_seed(seed),
+        }
+    }
+}
+
+impl TxIndex {
+    fn hash(&self, key: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.seed, key.as_bytes())
     }
 }
 
@@ -198,23 +258,6 @@ struct Hit {
     name: String,
     value: Vec<u8>,
     caps: Vec<Vec<u8>>,
-}
-
-/// One resolved variable value.
-struct Item<'a> {
-    coll: &'static str,
-    key: Cow<'a, str>,
-    value: Cow<'a, [u8]>,
-}
-
-impl Item<'_> {
-    fn name(&self) -> String {
-        if self.key.is_empty() {
-            self.coll.to_string()
-        } else {
-            format!("{}:{}", self.coll, self.key)
-        }
-    }
 }
 
 fn percent_decode(s: &[u8]) -> Vec<u8> {
@@ -286,7 +329,9 @@ impl Transaction {
             started: Instant::now(),
             allow: None,
             done_phases: 0,
-            cache: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0)),
+            vmemo: Vec::new(),
+            kmemo: Vec::new(),
+            tx_index: TxIndex::default(),
             matches: Vec::new(),
             intervention: None,
             would_block: None,
@@ -314,19 +359,50 @@ impl Transaction {
 
     /// Sets a TX variable before evaluation (e.g. `paranoia_level` from the tenant's config).
     pub fn set_tx(&mut self, name: &str, value: &str) {
-        let key = name.to_ascii_lowercase();
-        let coll = &mut self.colls[ix().tx];
-        match coll.iter_mut().find(|(k, _)| *k == key) {
-            Some(e) => e.1 = value.as_bytes().to_vec(),
-            None => coll.push((key, value.as_bytes().to_vec())),
-        }
+        self.tx_put(name.to_ascii_lowercase(), value.as_bytes().to_vec());
     }
 
     pub fn tx(&self, name: &str) -> Option<&[u8]> {
-        self.colls[ix().tx]
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        let pos = self.tx_pos(&name.to_ascii_lowercase())?;
+        Some(&self.colls[ix().tx][pos].1)
+    }
+
+    /// Where the TX variable `key` (lower-case) is stored.
+    fn tx_pos(&self, key: &str) -> Option<usize> {
+        let coll = &self.colls[ix().tx];
+        let at = *self.tx_index.map.get(&self.tx_index.hash(key))? as usize;
+        if coll.get(at).is_some_and(|(k, _)| k == key) {
+            return Some(at);
+        }
+        // Another key with the same hash holds the slot.
+        coll.iter().position(|(k, _)| k == key)
+    }
+
+    /// Sets TX variable `key` (lower-case).
+    fn tx_put(&mut self, key: String, value: Vec<u8>) {
+        match self.tx_pos(&key) {
+            Some(at) => self.colls[ix().tx][at].1 = value,
+            None => {
+                let coll = &mut self.colls[ix().tx];
+                let h = self.tx_index.hash(&key);
+                self.tx_index.map.entry(h).or_insert(coll.len() as u32);
+                coll.push((key, value));
+            }
+        }
+    }
+
+    /// Removes TX variables (rare: positions are indexed again).
+    fn tx_retain(&mut self, keep: impl Fn(&str) -> bool) {
+        let coll = &mut self.colls[ix().tx];
+        let before = coll.len();
+        coll.retain(|(k, _)| keep(k));
+        if coll.len() != before {
+            self.tx_index.map.clear();
+            for (i, (k, _)) in coll.iter().enumerate() {
+                let h = self.tx_index.hash(k);
+                self.tx_index.map.entry(h).or_insert(i as u32);
+            }
+        }
     }
 
     fn set_scalar(&mut self, name: &str, value: Vec<u8>) {
@@ -558,8 +634,9 @@ impl Transaction {
             .map(|(k, v)| k.len() + v.len())
             .sum();
         self.set_scalar("ARGS_COMBINED_SIZE", combined.to_string().into_bytes());
-        // Values changed: cached transformations of the previous phase may not be reused.
-        self.cache.clear();
+        // Values changed: memo cells of the previous phase belong to other values.
+        self.vmemo.iter_mut().for_each(Vec::clear);
+        self.kmemo.iter_mut().for_each(Vec::clear);
         self.run_phase(2)
     }
 
@@ -598,6 +675,18 @@ impl Transaction {
             Some((c, k)) => (c, Some(k)),
             None => (name, None),
         };
+        if let (true, Some(k)) = (coll.eq_ignore_ascii_case("tx"), key) {
+            // The common macro (`%{tx.anomaly_score}`): TX keys are stored lower-case.
+            let k: Cow<str> = if k.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(k.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(k)
+            };
+            return self
+                .tx_pos(&k)
+                .map(|at| String::from_utf8_lossy(&self.colls[ix().tx][at].1).into_owned())
+                .unwrap_or_default();
+        }
         let upper = coll.to_ascii_uppercase();
         if upper == "RULE" {
             let Some(r) = rule else {
@@ -627,176 +716,157 @@ impl Transaction {
             selector: key.map(|k| super::rules::Sel::Key(k.to_ascii_lowercase())),
             count: false,
         };
-        let mut items = Vec::new();
-        self.collect(&var, rule, &[], &mut items);
-        items
-            .first()
-            .map(|i| String::from_utf8_lossy(&i.value).into_owned())
-            .unwrap_or_default()
+        let mut first = None;
+        self.each_value(&var, rule, &[], &[], &mut |_, v, _| {
+            if first.is_none() {
+                first = Some(String::from_utf8_lossy(v).into_owned());
+            }
+        });
+        first.unwrap_or_default()
     }
 
-    /// Resolves one target into values, minus exclusions. Selection happens as values are
-    /// produced (TX holds a hundred values; most rules want one of them).
-    fn collect<'a>(
-        &'a self,
+    /// Resolves one target into its values, minus exclusions, and hands each to `f` as
+    /// (key, value, stable). `stable` says the value stays at its address for the phase, so
+    /// its transformations may be cached by address. Selection happens as values are produced
+    /// (TX holds a hundred values; most rules want one of them).
+    fn each_value(
+        &self,
         var: &Var,
         rule: Option<&Rule>,
-        exclusions: &[&Var],
-        out: &mut Vec<Item<'a>>,
+        excl: &[Var],
+        extra: &[&Var],
+        f: &mut ValueSink<'_>,
     ) {
-        let name = VARIABLES[var.coll];
-        let start = out.len();
-        let keep = |key: &str| {
-            var.selector.as_ref().is_none_or(|s| s.matches(key))
-                && !exclusions.iter().any(|e| {
-                    e.coll == var.coll && e.selector.as_ref().is_none_or(|s| s.matches(key))
-                })
-        };
-        let filtered = var.selector.is_some() || !exclusions.is_empty();
-        let mut push = |out: &mut Vec<Item<'a>>, item: Item<'a>| {
-            if !filtered || keep(&item.key) {
-                out.push(item);
-            }
-        };
-        if !computed_variable(var.coll) {
-            for (k, v) in &self.colls[var.coll] {
-                if !filtered || keep(k) {
-                    out.push(Item {
-                        coll: name,
-                        key: Cow::Borrowed(k),
-                        value: Cow::Borrowed(v),
-                    });
-                }
-            }
-        } else {
-            self.collect_computed(var, rule, exclusions, name, out, &mut push);
-        }
         if var.count {
-            let n = out.len() - start;
-            out.truncate(start);
-            out.push(Item {
-                coll: name,
-                key: Cow::Borrowed(""),
-                value: Cow::Owned(n.to_string().into_bytes()),
-            });
+            let mut n = 0usize;
+            self.select(var, rule, excl, extra, &mut |_, _, _| n += 1);
+            f("", n.to_string().as_bytes(), None);
+        } else {
+            self.select(var, rule, excl, extra, f);
         }
     }
 
-    /// Variables not stored as they are: unions, names, matched values, times, and TX looked
-    /// up by key.
-    fn collect_computed<'a>(
-        &'a self,
+    /// `each_value` without counting. Collections are told apart by index (no string
+    /// compares on this path).
+    fn select(
+        &self,
         var: &Var,
         rule: Option<&Rule>,
-        exclusions: &[&Var],
-        name: &'static str,
-        out: &mut Vec<Item<'a>>,
-        push: &mut dyn FnMut(&mut Vec<Item<'a>>, Item<'a>),
+        excl: &[Var],
+        extra: &[&Var],
+        f: &mut ValueSink<'_>,
     ) {
+        let c = var.coll;
         let i = ix();
-        let pairs = |c: &'a [(String, Vec<u8>)],
-                     coll: &'static str,
-                     out: &mut Vec<Item<'a>>,
-                     push: &mut dyn FnMut(&mut Vec<Item<'a>>, Item<'a>)| {
-            for (k, v) in c {
-                push(
-                    out,
-                    Item {
-                        coll,
-                        key: Cow::Borrowed(k),
-                        value: Cow::Borrowed(v),
-                    },
-                );
+        let excluding = excl.iter().any(|e| e.coll == c) || extra.iter().any(|e| e.coll == c);
+        // TX keys are unique and stored lower-case: one comparison each, stop at the hit.
+        if c == i.tx && !excluding {
+            if let Some(Sel::Key(k)) = &var.selector {
+                if let Some(at) = self.tx_pos(k) {
+                    let (key, v) = &self.colls[c][at];
+                    f(key, v, None);
+                }
+                return;
+            }
+        }
+        let filtered = excluding || var.selector.is_some();
+        let stable = i.stable[c];
+        let mut emit = |k: &str, v: &[u8], st: Option<&MemoCell>| {
+            if !filtered
+                || (var.selector.as_ref().is_none_or(|s| s.matches(k))
+                    && !excl
+                        .iter()
+                        .chain(extra.iter().copied())
+                        .any(|e| e.coll == c && e.selector.as_ref().is_none_or(|s| s.matches(k))))
+            {
+                f(k, v, st)
             }
         };
-        let names = |c: &'a [(String, Vec<u8>)],
-                     coll: &'static str,
-                     out: &mut Vec<Item<'a>>,
-                     push: &mut dyn FnMut(&mut Vec<Item<'a>>, Item<'a>)| {
-            for (k, _) in c {
-                push(
-                    out,
-                    Item {
-                        coll,
-                        key: Cow::Borrowed(k),
-                        value: Cow::Borrowed(k.as_bytes()),
-                    },
-                );
+        // Stored values carry their memo cell (values rules write to do not).
+        fn cells(memos: &[Vec<MemoCell>], coll: usize, stable: bool) -> &[MemoCell] {
+            match memos.get(coll) {
+                Some(v) if stable => v,
+                _ => &[],
+            }
+        }
+        let mut pairs = |coll: usize| {
+            let memos = cells(&self.vmemo, coll, stable);
+            for (n, (k, v)) in self.colls[coll].iter().enumerate() {
+                emit(k, v, memos.get(n));
             }
         };
-        let scalar = |v: Cow<'a, [u8]>| Item {
-            coll: name,
-            key: Cow::Borrowed(""),
-            value: v,
+        if !i.computed[c] {
+            pairs(c);
+            return;
+        }
+        if c == i.args {
+            pairs(i.args_get);
+            pairs(i.args_post);
+            return;
+        }
+        if c == i.tx {
+            pairs(c);
+            return;
+        }
+        if c == i.matched_vars {
+            for (k, v) in &self.matched {
+                emit(k, v, None);
+            }
+            return;
+        }
+        let names: &[usize] = if c == i.args_names {
+            &[i.args_get, i.args_post]
+        } else if c == i.args_get_names {
+            &[i.args_get]
+        } else if c == i.args_post_names {
+            &[i.args_post]
+        } else if c == i.headers_names {
+            &[i.headers]
+        } else if c == i.cookies_names {
+            &[i.cookies]
+        } else if c == i.files_names {
+            &[i.files]
+        } else if c == i.response_headers_names {
+            &[i.response_headers]
+        } else {
+            &[]
         };
-        let mut push = |out: &mut Vec<Item<'a>>, item: Item<'a>| push(out, item);
-        match name {
-            "ARGS" => {
-                pairs(&self.colls[i.args_get], "ARGS", out, &mut push);
-                pairs(&self.colls[i.args_post], "ARGS", out, &mut push);
-            }
-            "ARGS_NAMES" => {
-                names(&self.colls[i.args_get], "ARGS_NAMES", out, &mut push);
-                names(&self.colls[i.args_post], "ARGS_NAMES", out, &mut push);
-            }
-            "ARGS_GET_NAMES" => names(&self.colls[i.args_get], name, out, &mut push),
-            "ARGS_POST_NAMES" => names(&self.colls[i.args_post], name, out, &mut push),
-            "REQUEST_HEADERS_NAMES" => names(&self.colls[i.headers], name, out, &mut push),
-            "REQUEST_COOKIES_NAMES" => names(&self.colls[i.cookies], name, out, &mut push),
-            "FILES_NAMES" => names(&self.colls[i.files], name, out, &mut push),
-            "RESPONSE_HEADERS_NAMES" => {
-                names(&self.colls[vi("RESPONSE_HEADERS")], name, out, &mut push)
-            }
-            "MATCHED_VARS" => pairs(&self.matched, name, out, &mut push),
-            "MATCHED_VARS_NAMES" => names(&self.matched, name, out, &mut push),
-            "MATCHED_VAR" => {
-                if let Some((_, v)) = self.matched.last() {
-                    push(out, scalar(Cow::Borrowed(v)));
+        if !names.is_empty() {
+            for &coll in names {
+                let memos = cells(&self.kmemo, coll, stable);
+                for (n, (k, _)) in self.colls[coll].iter().enumerate() {
+                    emit(k, k.as_bytes(), memos.get(n));
                 }
             }
-            "MATCHED_VAR_NAME" => {
-                if let Some((k, _)) = self.matched.last() {
-                    push(out, scalar(Cow::Borrowed(k.as_bytes())));
-                }
+            return;
+        }
+        if c == i.matched_vars_names {
+            for (k, _) in &self.matched {
+                emit(k, k.as_bytes(), None);
             }
-            "DURATION" => push(
-                out,
-                scalar(Cow::Owned(
-                    self.started.elapsed().as_micros().to_string().into_bytes(),
-                )),
-            ),
-            "RULE" => {
-                if let Some(r) = rule {
-                    push(
-                        out,
-                        Item {
-                            coll: "RULE",
-                            key: Cow::Borrowed("id"),
-                            value: Cow::Owned(r.id.to_string().into_bytes()),
-                        },
-                    );
-                }
+            return;
+        }
+        if c == i.matched_var {
+            if let Some((_, v)) = self.matched.last() {
+                emit("", v, None);
             }
-            t if t.starts_with("TIME") => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                push(out, scalar(Cow::Owned(time_var(t, now).into_bytes())));
+        } else if c == i.matched_var_name {
+            if let Some((k, _)) = self.matched.last() {
+                emit("", k.as_bytes(), None);
             }
-            // TX keys are unique and stored lower-case: one comparison each, stop at the hit.
-            "TX" if exclusions.is_empty() && matches!(var.selector, Some(Sel::Key(_))) => {
-                if let Some(Sel::Key(k)) = &var.selector {
-                    if let Some((key, v)) = self.colls[var.coll].iter().find(|(key, _)| key == k) {
-                        out.push(Item {
-                            coll: name,
-                            key: Cow::Borrowed(key),
-                            value: Cow::Borrowed(v),
-                        });
-                    }
-                }
+        } else if c == i.duration {
+            let d = self.started.elapsed().as_micros().to_string();
+            emit("", d.as_bytes(), None);
+        } else if c == i.rule {
+            if let Some(r) = rule {
+                emit("id", r.id.to_string().as_bytes(), None);
             }
-            _ => pairs(&self.colls[var.coll], name, out, &mut push),
+        } else if i.time[c] {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            emit("", time_var(VARIABLES[c], now).as_bytes(), None);
         }
     }
 
@@ -821,7 +891,7 @@ impl Transaction {
             return None;
         }
         self.allow = None;
-        let mut cache = std::mem::take(&mut self.cache);
+        self.prepare_memos();
         let rules = self.rules.clone();
         let list = &rules.phases[phase as usize];
         let mut at = 0;
@@ -834,7 +904,7 @@ impl Transaction {
                 at += 1;
                 continue;
             }
-            if !self.eval_chain(rule, &mut cache) {
+            if !self.eval_chain(rule) {
                 at += 1;
                 continue;
             }
@@ -842,8 +912,8 @@ impl Transaction {
             if self.intervention.is_some() || self.allow.is_some() || self.mode == Mode::Off {
                 break;
             }
-            if let Some(marker) = &rule.skip_after {
-                at = rules.marker_after(phase, marker, at);
+            if rule.skip_after.is_some() {
+                at = rules.jumps[phase as usize][at] as usize;
             } else if rule.skip > 0 {
                 // `skip:N` counts rules (a chain is one), not markers.
                 let mut left = rule.skip;
@@ -858,17 +928,16 @@ impl Transaction {
                 at += 1;
             }
         }
-        self.cache = cache;
         self.intervention.clone()
     }
 
     /// Evaluates every link of the chain; commits captures and MATCHED_VARS link by link (a
     /// later link may read them). True when all links match.
-    fn eval_chain(&mut self, starter: &Rule, cache: &mut TransformCache) -> bool {
+    fn eval_chain(&mut self, starter: &Rule) -> bool {
         self.matched.clear();
         for link in starter.links() {
             let mut found = Vec::new();
-            if !self.eval_link(starter, link, &mut found, cache) {
+            if !self.eval_link(starter, link, &mut found) {
                 return false;
             }
             // Each matched value sets its captures and MATCHED_VAR, then the link's actions
@@ -876,11 +945,14 @@ impl Transaction {
             self.matched.clear();
             for hit in found {
                 if link.capture && !hit.caps.is_empty() {
-                    let tx = ix().tx;
-                    self.colls[tx]
-                        .retain(|(k, _)| !(k.len() == 1 && k.as_bytes()[0].is_ascii_digit()));
-                    for (n, c) in hit.caps.into_iter().take(10).enumerate() {
-                        self.colls[tx].push((n.to_string(), c));
+                    let n = hit.caps.len().min(10);
+                    // TX:0..n-1 from this match, and none left over from an earlier one.
+                    self.tx_retain(|k| {
+                        !(k.len() == 1 && k.as_bytes()[0].is_ascii_digit())
+                            || usize::from(k.as_bytes()[0] - b'0') < n
+                    });
+                    for (i, c) in hit.caps.into_iter().take(10).enumerate() {
+                        self.tx_put(i.to_string(), c);
                     }
                 }
                 self.matched.push((hit.name, hit.value));
@@ -890,13 +962,7 @@ impl Transaction {
         true
     }
 
-    fn eval_link(
-        &self,
-        starter: &Rule,
-        link: &Rule,
-        found: &mut Vec<Hit>,
-        cache: &mut TransformCache,
-    ) -> bool {
+    fn eval_link(&self, starter: &Rule, link: &Rule, found: &mut Vec<Hit>) -> bool {
         let mx = Mx {
             tx: self,
             rule: Some(starter),
@@ -914,7 +980,8 @@ impl Transaction {
             }
             return hit;
         }
-        let mut extra: Vec<&Var> = link.exclusions.iter().collect();
+        // Targets the tenant or a `ctl` removed for this rule (rarely any: no allocation then).
+        let mut extra: Vec<&Var> = Vec::new();
         for (ranges, v) in &self.removed_targets {
             if in_ranges(ranges, starter.id) {
                 extra.push(v);
@@ -926,63 +993,64 @@ impl Transaction {
             }
         }
         let chain = &self.rules.chains[link.transforms as usize];
-        let mut items = Vec::new();
         let mut local_caps = Vec::new();
         for var in &link.targets {
-            items.clear();
-            self.collect(var, Some(starter), &extra, &mut items);
-            for item in &items {
-                let name_prefix_stable = !matches!(
-                    item.coll,
-                    "TX" | "MATCHED_VAR"
-                        | "MATCHED_VARS"
-                        | "MATCHED_VAR_NAME"
-                        | "MATCHED_VARS_NAMES"
-                        | "IP"
-                        | "GLOBAL"
-                        | "SESSION"
-                        | "USER"
-                        | "RESOURCE"
-                ) && matches!(item.value, Cow::Borrowed(_));
-                let mut caps = Vec::new();
-                let hit_value = if link.multi_match {
-                    self.multi_match(
-                        link,
-                        chain,
-                        &item.value,
-                        name_prefix_stable,
-                        cache,
-                        &mx,
-                        &mut caps,
-                    )
-                } else {
-                    let v = transformed(
-                        cache,
-                        &item.value,
-                        name_prefix_stable,
-                        link.transforms,
-                        chain,
-                    );
-                    if link
-                        .op
-                        .matches(v.bytes(), &mx, link.capture, &mut local_caps)
-                    {
-                        if link.capture {
-                            caps = std::mem::take(&mut local_caps);
-                        }
-                        Some(v.bytes().to_vec())
-                    } else {
-                        None
-                    }
-                };
-                if let Some(v) = hit_value {
-                    found.push(Hit {
-                        name: item.name(),
-                        value: v,
-                        caps,
+            self.each_value(
+                var,
+                Some(starter),
+                &link.exclusions,
+                &extra,
+                &mut |key, value, cell| {
+                    let mut caps = Vec::new();
+                    let memo = cell.map(|c| {
+                        c.get_or_init(|| {
+                            memo::value(self.rules.id, self.rules.memo_widths.len(), value)
+                        })
                     });
-                }
-            }
+                    let hit_value = if link.multi_match {
+                        self.multi_match(link, chain, value, memo, &mx, &mut caps)
+                    } else {
+                        let key = link.memo_key(self.rules.chains.len());
+                        let width = self.rules.memo_widths.get(key).copied().unwrap_or(0);
+                        let cm =
+                            memo.and_then(|m| m.chain(key, width, || apply_chain(chain, value)));
+                        let owned;
+                        let v = match cm {
+                            Some(cm) => cm.value(value),
+                            None => {
+                                owned = apply_chain(chain, value);
+                                owned.as_deref().unwrap_or(value)
+                            }
+                        };
+                        let slot = link.memo_slot.filter(|_| cm.is_some());
+                        let known_miss =
+                            slot.is_some_and(|s| cm.is_some_and(|cm| cm.known_miss(s)));
+                        if !known_miss && link.op.matches(v, &mx, link.capture, &mut local_caps) {
+                            if link.capture {
+                                caps = std::mem::take(&mut local_caps);
+                            }
+                            Some(v.to_vec())
+                        } else {
+                            if let (Some(s), Some(cm)) = (slot, cm) {
+                                cm.set_miss(s);
+                            }
+                            None
+                        }
+                    };
+                    if let Some(v) = hit_value {
+                        let coll = VARIABLES[var.coll];
+                        found.push(Hit {
+                            name: if key.is_empty() {
+                                coll.to_string()
+                            } else {
+                                format!("{coll}:{key}")
+                            },
+                            value: v,
+                            caps,
+                        });
+                    }
+                },
+            );
         }
         !found.is_empty()
     }
@@ -995,40 +1063,43 @@ impl Transaction {
         link: &Rule,
         chain: &[super::transforms::Transform],
         value: &[u8],
-        stable: bool,
-        cache: &mut TransformCache,
+        memo: Option<&Arc<ValueMemo>>,
         mx: &Mx<'_>,
         caps: &mut Vec<Vec<u8>>,
     ) -> Option<Vec<u8>> {
+        let steps = || {
+            // Encoded as (length as u32 LE, bytes)*: one allocation per value and chain.
+            let mut enc = Vec::new();
+            let mut cur: Cow<[u8]> = Cow::Borrowed(value);
+            for t in chain {
+                if let Cow::Owned(v) = t.apply(&cur) {
+                    cur = Cow::Owned(v);
+                    enc.extend_from_slice(&(cur.len() as u32).to_le_bytes());
+                    enc.extend_from_slice(&cur);
+                }
+            }
+            Some(enc)
+        };
+        let key = link.memo_key(self.rules.chains.len());
+        let width = self.rules.memo_widths.get(key).copied().unwrap_or(0);
+        let cm = memo.and_then(|m| m.chain(key, width, steps));
+        let slot = link.memo_slot.filter(|_| cm.is_some());
+        if let (Some(s), Some(cm)) = (slot, cm) {
+            if cm.known_miss(s) {
+                return None;
+            }
+        }
         if link.op.matches(value, mx, link.capture, caps) {
             return Some(value.to_vec());
         }
-        let key = (
-            value.as_ptr() as usize,
-            value.len(),
-            MULTI | link.transforms,
-        );
-        let steps: Arc<[u8]> = match cache.get(&key).filter(|_| stable) {
-            Some(v) => v.clone(),
+        let owned;
+        let mut rest: &[u8] = match cm {
+            Some(cm) => cm.out().unwrap_or_default(),
             None => {
-                // Encoded as (length as u32 LE, bytes)*: one allocation per value and chain.
-                let mut enc = Vec::new();
-                let mut cur: Cow<[u8]> = Cow::Borrowed(value);
-                for t in chain {
-                    if let Cow::Owned(v) = t.apply(&cur) {
-                        cur = Cow::Owned(v);
-                        enc.extend_from_slice(&(cur.len() as u32).to_le_bytes());
-                        enc.extend_from_slice(&cur);
-                    }
-                }
-                let a: Arc<[u8]> = Arc::from(enc);
-                if stable && cache.len() < CACHE_MAX {
-                    cache.insert(key, a.clone());
-                }
-                a
+                owned = steps().unwrap_or_default();
+                &owned
             }
         };
-        let mut rest: &[u8] = &steps;
         while rest.len() >= 4 {
             let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
             let v = &rest[4..4 + n];
@@ -1037,7 +1108,23 @@ impl Transaction {
                 return Some(v.to_vec());
             }
         }
+        if let (Some(s), Some(cm)) = (slot, cm) {
+            cm.set_miss(s);
+        }
         None
+    }
+
+    /// Gives every stored value (and key) that rules may remember things about a memo cell.
+    fn prepare_memos(&mut self) {
+        let i = ix();
+        self.vmemo.resize_with(self.colls.len(), Vec::new);
+        self.kmemo.resize_with(self.colls.len(), Vec::new);
+        for (c, coll) in self.colls.iter().enumerate() {
+            if i.stable[c] && !i.computed[c] {
+                self.vmemo[c].resize_with(coll.len(), OnceLock::new);
+                self.kmemo[c].resize_with(coll.len(), OnceLock::new);
+            }
+        }
     }
 
     /// The non-disruptive actions of one chain link (setvar, ctl): they run as soon as the
@@ -1053,7 +1140,12 @@ impl Transaction {
                     None => continue,
                 },
             };
+            let tx = ci == ix().tx;
             let value = match &sv.op {
+                SetOp::Delete if tx => {
+                    self.tx_retain(|k| k != name);
+                    continue;
+                }
                 SetOp::Delete => {
                     self.colls[ci].retain(|(k, _)| *k != name);
                     continue;
@@ -1061,9 +1153,12 @@ impl Transaction {
                 SetOp::Set(v) => self.expand(Some(starter), v).into_owned(),
                 SetOp::Add(v) | SetOp::Sub(v) => {
                     let d: i64 = self.expand(Some(starter), v).trim().parse().unwrap_or(0);
-                    let cur: i64 = self.colls[ci]
-                        .iter()
-                        .find(|(k, _)| *k == name)
+                    let cur = if tx {
+                        self.tx_pos(&name).map(|at| &self.colls[ci][at])
+                    } else {
+                        self.colls[ci].iter().find(|(k, _)| *k == name)
+                    };
+                    let cur: i64 = cur
                         .and_then(|(_, v)| std::str::from_utf8(v).ok())
                         .and_then(|s| s.trim().parse().ok())
                         .unwrap_or(0);
@@ -1075,6 +1170,10 @@ impl Transaction {
                     n.to_string()
                 }
             };
+            if tx {
+                self.tx_put(name, value.into_bytes());
+                continue;
+            }
             let coll = &mut self.colls[ci];
             match coll.iter_mut().find(|(k, _)| *k == name) {
                 Some(e) => e.1 = value.into_bytes(),
@@ -1171,22 +1270,8 @@ impl Transaction {
     }
 }
 
-fn transformed<'v>(
-    cache: &mut TransformCache,
-    value: &'v [u8],
-    stable: bool,
-    chain_id: u32,
-    chain: &[super::transforms::Transform],
-) -> Val<'v> {
-    if chain.is_empty() {
-        return Val::B(value);
-    }
-    let key = (value.as_ptr() as usize, value.len(), chain_id);
-    if stable {
-        if let Some(v) = cache.get(&key) {
-            return Val::S(v.clone());
-        }
-    }
+/// The chain applied to `value`; `None` when nothing changes it.
+fn apply_chain(chain: &[super::transforms::Transform], value: &[u8]) -> Option<Vec<u8>> {
     let mut cur: Cow<[u8]> = Cow::Borrowed(value);
     for t in chain {
         if let Cow::Owned(v) = t.apply(&cur) {
@@ -1194,15 +1279,8 @@ fn transformed<'v>(
         }
     }
     match cur {
-        Cow::Borrowed(b) => Val::B(b),
-        Cow::Owned(v) => {
-            if stable && cache.len() < CACHE_MAX {
-                let a: Arc<[u8]> = Arc::from(v);
-                cache.insert(key, a.clone());
-                return Val::S(a);
-            }
-            Val::O(v)
-        }
+        Cow::Borrowed(_) => None,
+        Cow::Owned(v) => Some(v),
     }
 }
 

@@ -1,0 +1,174 @@
+//! What the engine remembers about a value between rules and between requests: its form after
+//! each transformation chain, and which operators whose result depends on the value alone are
+//! known not to match it. Portal traffic repeats most values (browser headers, cookie and
+//! argument names, common arguments), so a value seen before skips its transformations and
+//! most operator runs. A value's memo is found by content (rule set and bytes, always
+//! compared in full, never trusted by hash alone) in a per-thread table bounded in bytes; a
+//! transaction keeps the memo of each stored value next to it, so rules reach it without a
+//! lookup. Only "does not match" is remembered: a match is evaluated again, so captures and
+//! matched data come from a real run. It must not know about rule actions or collections: the
+//! transaction decides which values and links qualify.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// Longer values are remembered within their request only (long values rarely repeat).
+const SHARED_VALUE_MAX: usize = 1024;
+/// Bytes of remembered values and results per thread; the table starts over when it is full.
+const THREAD_BUDGET: usize = 8 << 20;
+
+/// Everything remembered about one value.
+pub struct ValueMemo {
+    set: u64,
+    raw: Box<[u8]>,
+    /// Per chain key (see `RuleSet::memo_widths`), made when a rule first needs it.
+    chains: Box<[OnceLock<Box<ChainMemo>>]>,
+}
+
+/// One value under one transformation chain.
+pub struct ChainMemo {
+    /// The chain's result, `None` when it leaves the value unchanged (for a `multiMatch` key,
+    /// the encoded intermediate results).
+    out: Option<Box<[u8]>>,
+    /// One bit per memo slot of the chain: set when that link's operator does not match.
+    miss: Box<[AtomicU64]>,
+}
+
+impl ValueMemo {
+    fn new(set: u64, keys: usize, raw: &[u8], shared: bool) -> ValueMemo {
+        ValueMemo {
+            set,
+            raw: if shared { raw.into() } else { Box::default() },
+            chains: (0..keys).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// The memo of chain key `key` (`width` slots), made with `compute` the first time.
+    pub fn chain(
+        &self,
+        key: usize,
+        width: u32,
+        compute: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Option<&ChainMemo> {
+        let cell = self.chains.get(key)?;
+        Some(cell.get_or_init(|| {
+            let m = ChainMemo {
+                out: compute().map(Vec::into_boxed_slice),
+                miss: (0..width.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            };
+            BYTES.with(|b| {
+                b.set(b.get() + m.out.as_ref().map_or(0, |o| o.len()) + m.miss.len() * 8 + 48)
+            });
+            Box::new(m)
+        }))
+    }
+
+    fn size(&self) -> usize {
+        self.raw.len() + self.chains.len() * 8 + 64
+    }
+}
+
+impl ChainMemo {
+    /// The transformed value (`raw` is the value the memo was made for).
+    pub fn value<'a>(&'a self, raw: &'a [u8]) -> &'a [u8] {
+        self.out.as_deref().unwrap_or(raw)
+    }
+
+    /// The stored result bytes, if the chain changed anything.
+    pub fn out(&self) -> Option<&[u8]> {
+        self.out.as_deref()
+    }
+
+    pub fn known_miss(&self, slot: u32) -> bool {
+        self.miss
+            .get(slot as usize / 64)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (slot % 64)) != 0)
+    }
+
+    /// Bits only ever go from unknown to "no match", so racing writers agree.
+    pub fn set_miss(&self, slot: u32) {
+        if let Some(w) = self.miss.get(slot as usize / 64) {
+            w.fetch_or(1 << (slot % 64), Ordering::Relaxed);
+        }
+    }
+}
+
+struct Table {
+    map: HashMap<u64, Arc<ValueMemo>, foldhash::fast::FixedState>,
+    /// Seeded per thread: chosen collisions can cost an attacker's requests a lookup, no more.
+    hasher: foldhash::fast::RandomState,
+}
+
+thread_local! {
+    static TABLE: RefCell<Table> = RefCell::new(Table {
+        map: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0)),
+        hasher: foldhash::fast::RandomState::default(),
+    });
+    /// Bytes remembered on this thread since its table last started over.
+    static BYTES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The memo of `raw` for rule set `set` (with `keys` chain keys): the thread's, or a new one.
+pub fn value(set: u64, keys: usize, raw: &[u8]) -> Arc<ValueMemo> {
+    if raw.len() > SHARED_VALUE_MAX {
+        return Arc::new(ValueMemo::new(set, keys, raw, false));
+    }
+    TABLE.with(|t| {
+        let mut t = t.borrow_mut();
+        let h = t.hasher.hash_one((set, raw));
+        if let Some(m) = t.map.get(&h) {
+            if m.set == set && *m.raw == *raw {
+                return m.clone();
+            }
+            // A different value with the same hash: this one goes unshared.
+            return Arc::new(ValueMemo::new(set, keys, raw, false));
+        }
+        let m = Arc::new(ValueMemo::new(set, keys, raw, true));
+        let size = m.size();
+        if BYTES.with(|b| b.get()) + size > THREAD_BUDGET {
+            t.map.clear();
+            BYTES.with(|b| b.set(0));
+        }
+        BYTES.with(|b| b.set(b.get() + size));
+        t.map.insert(h, m.clone());
+        m
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_content_shares_a_memo_and_its_verdicts() {
+        let a = b"gia tri".to_vec();
+        let b = b"gia tri".to_vec();
+        let m = value(7, 4, &a);
+        let c = m.chain(3, 70, || Some(a.to_ascii_uppercase())).unwrap();
+        assert_eq!(c.value(&a), b"GIA TRI");
+        assert!(!c.known_miss(65));
+        c.set_miss(65);
+        // Another request's value with the same bytes finds what the first learnt.
+        let m2 = value(7, 4, &b);
+        let c2 = m2.chain(3, 70, || panic!("not computed again")).unwrap();
+        assert!(c2.known_miss(65));
+        assert!(!c2.known_miss(64));
+        // Another chain or rule set is another memo.
+        let c3 = m2.chain(2, 70, || None).unwrap();
+        assert!(!c3.known_miss(65));
+        assert_eq!(c3.value(&b), b"gia tri");
+        let m4 = value(8, 4, &b);
+        assert!(!m4.chain(3, 70, || None).unwrap().known_miss(65));
+        assert!(m4.chain(4, 70, || None).is_none());
+    }
+
+    #[test]
+    fn long_values_are_not_shared() {
+        let v = vec![b'a'; SHARED_VALUE_MAX + 1];
+        value(9, 2, &v).chain(1, 10, || None).unwrap().set_miss(1);
+        assert!(!value(9, 2, &v).chain(1, 10, || None).unwrap().known_miss(1));
+    }
+}
