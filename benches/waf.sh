@@ -17,7 +17,10 @@
 # 9 page GETs with query strings, 4 Vietnamese search GETs (percent-encoded UTF-8), 2
 # urlencoded form POSTs, 2 JSON POSTs, 3 attacks (SQL injection in a query string, XSS in a
 # form POST, path traversal in a query string). The WAF proxies refuse the 3 attacks with 403
-# (15 % of requests), the others forward everything.
+# (15 % of requests), the others forward everything. Values vary as on a portal: the cookie
+# (`_ga`, `lang`, `PHPSESSID`) changes every 5 requests (a new visitor), and the article id
+# of the news GET changes with every request, so rule engines cannot live off values seen
+# before.
 #
 # Before measuring, each of the 20 requests is sent once through each proxy with curl: a
 # benign request must get 200 and the origin's page, an attack 403 from the WAF proxies and 200
@@ -260,30 +263,36 @@ COOKIE='_ga=GA1.2.1234567890.1700000000; lang=vi'
 
 cat >"$WORK/mix.lua" <<EOF
 -- Cycles through the requests of mix.txt (one wrk thread, so the mix is exact) and counts
--- the response statuses.
+-- the response statuses. Values vary as they do on a portal: a new visitor (new cookie
+-- values) every 5 requests, and the article id changes with every request.
 local reqs = {}
-local n = 0
+local n, sent = 0, 0
 init = function(args)
     for line in io.lines("$WORK/mix.txt") do
         local kind, method, path, ctype, body = line:match("^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$")
-        local h = {
-            ["Host"] = "$HOST",
-            ["User-Agent"] = "$UA",
-            ["Accept"] = "$ACCEPT",
-            ["Accept-Language"] = "$ALANG",
-            ["Accept-Encoding"] = "gzip, deflate, br",
-            ["Referer"] = "http://$HOST/",
-            ["Cookie"] = "$COOKIE",
-        }
-        if ctype ~= "" then h["Content-Type"] = ctype end
         if body == "" then body = nil end
-        reqs[#reqs + 1] = wrk.format(method, path, h, body)
+        reqs[#reqs + 1] = { method = method, path = path, ctype = ctype, body = body }
     end
 end
 s200, s403, sother = 0, 0, 0
 request = function()
     n = n % #reqs + 1
-    return reqs[n]
+    sent = sent + 1
+    local r = reqs[n]
+    local visitor = math.floor(sent / 5)
+    local h = {
+        ["Host"] = "$HOST",
+        ["User-Agent"] = "$UA",
+        ["Accept"] = "$ACCEPT",
+        ["Accept-Language"] = "$ALANG",
+        ["Accept-Encoding"] = "gzip, deflate, br",
+        ["Referer"] = "http://$HOST/",
+        ["Cookie"] = string.format("_ga=GA1.2.%d.1700000000; lang=vi; PHPSESSID=%026x",
+            1000000000 + visitor, visitor * 2654435761),
+    }
+    if r.ctype ~= "" then h["Content-Type"] = r.ctype end
+    local path = r.path:gsub("id=48213", "id=" .. tostring(48213 + sent))
+    return wrk.format(r.method, path, h, r.body)
 end
 response = function(status, headers, body)
     if status == 200 then s200 = s200 + 1

@@ -7,6 +7,12 @@ use cong::gateway::Snapshot;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's allocator: the request path (rule evaluation above all) makes
+/// many small short-lived allocations, which it serves with less CPU and less fragmentation
+/// over weeks of uptime.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Where `cong run` and `cong check` look when no `-c` is given.
 const SYSTEM_CONFIG: &str = "/etc/cong/cong.toml";
 

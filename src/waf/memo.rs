@@ -20,66 +20,48 @@ const SHARED_VALUE_MAX: usize = 1024;
 /// Bytes of remembered values and results per thread; the table starts over when it is full.
 const THREAD_BUDGET: usize = 8 << 20;
 
-/// Everything remembered about one value.
+/// A value's result under one transformation chain: `None` inside when it is unchanged.
+type ChainOut = OnceLock<Option<Box<[u8]>>>;
+
+/// Everything remembered about one value, in two allocations (rules touch it hundreds of
+/// times a request; scattered pieces would each cost a cache miss).
 pub struct ValueMemo {
     set: u64,
     raw: Box<[u8]>,
-    /// Per chain key (see `RuleSet::memo_widths`), made when a rule first needs it.
-    chains: Box<[OnceLock<Box<ChainMemo>>]>,
-}
-
-/// One value under one transformation chain.
-pub struct ChainMemo {
-    /// The chain's result, `None` when it leaves the value unchanged (for a `multiMatch` key,
-    /// the encoded intermediate results).
-    out: Option<Box<[u8]>>,
-    /// One bit per memo slot of the chain: set when that link's operator does not match.
+    /// Per chain key (see `RuleSet::memo_widths`): the chain's result, `None` when it leaves
+    /// the value unchanged (for a `multiMatch` key, the encoded intermediate results); made
+    /// when a rule first needs it.
+    outs: Box<[ChainOut]>,
+    /// One bit per memo slot (`Rule::memo_slot`): set when that link does not match.
     miss: Box<[AtomicU64]>,
 }
 
 impl ValueMemo {
-    fn new(set: u64, keys: usize, raw: &[u8], shared: bool) -> ValueMemo {
+    fn new(set: u64, keys: usize, slots: u32, raw: &[u8], shared: bool) -> ValueMemo {
         ValueMemo {
             set,
             raw: if shared { raw.into() } else { Box::default() },
-            chains: (0..keys).map(|_| OnceLock::new()).collect(),
+            outs: (0..keys).map(|_| OnceLock::new()).collect(),
+            miss: (0..slots.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
-    /// The memo of chain key `key` (`width` slots), made with `compute` the first time.
-    pub fn chain(
+    /// The result of chain key `key`: `compute` gives it the first time, `None` when the
+    /// chain leaves the value as it is. `None` outside the memo's keys.
+    pub fn out(
         &self,
         key: usize,
-        width: u32,
         compute: impl FnOnce() -> Option<Vec<u8>>,
-    ) -> Option<&ChainMemo> {
-        let cell = self.chains.get(key)?;
-        Some(cell.get_or_init(|| {
-            let m = ChainMemo {
-                out: compute().map(Vec::into_boxed_slice),
-                miss: (0..width.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-            };
-            BYTES.with(|b| {
-                b.set(b.get() + m.out.as_ref().map_or(0, |o| o.len()) + m.miss.len() * 8 + 48)
-            });
-            Box::new(m)
-        }))
-    }
-
-    fn size(&self) -> usize {
-        self.raw.len() + self.chains.len() * 8 + 64
-    }
-}
-
-impl ChainMemo {
-    /// The transformed value (`raw` is the value the memo was made for).
-    pub fn value<'a>(&'a self, raw: &'a [u8]) -> &'a [u8] {
-        self.out.as_deref().unwrap_or(raw)
-    }
-
-    /// The stored result bytes, if the chain changed anything.
-    pub fn out(&self) -> Option<&[u8]> {
-        self.out.as_deref()
+    ) -> Option<Option<&[u8]>> {
+        let cell = self.outs.get(key)?;
+        Some(
+            cell.get_or_init(|| {
+                let out = compute().map(Vec::into_boxed_slice);
+                BYTES.with(|b| b.set(b.get() + out.as_ref().map_or(0, |o| o.len())));
+                out
+            })
+            .as_deref(),
+        )
     }
 
     pub fn known_miss(&self, slot: u32) -> bool {
@@ -88,11 +70,19 @@ impl ChainMemo {
             .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (slot % 64)) != 0)
     }
 
-    /// Bits only ever go from unknown to "no match", so racing writers agree.
+    /// Load and store, not an atomic or: a bit lost to a racing writer only means that link
+    /// runs again for this value some day.
     pub fn set_miss(&self, slot: u32) {
         if let Some(w) = self.miss.get(slot as usize / 64) {
-            w.fetch_or(1 << (slot % 64), Ordering::Relaxed);
+            w.store(
+                w.load(Ordering::Relaxed) | 1 << (slot % 64),
+                Ordering::Relaxed,
+            );
         }
+    }
+
+    fn size(&self) -> usize {
+        self.raw.len() + self.outs.len() * 24 + self.miss.len() * 8 + 64
     }
 }
 
@@ -111,10 +101,11 @@ thread_local! {
     static BYTES: Cell<usize> = const { Cell::new(0) };
 }
 
-/// The memo of `raw` for rule set `set` (with `keys` chain keys): the thread's, or a new one.
-pub fn value(set: u64, keys: usize, raw: &[u8]) -> Arc<ValueMemo> {
+/// The memo of `raw` for rule set `set` (with `keys` chain keys and `slots` memo slots): the
+/// thread's, or a new one.
+pub fn value(set: u64, keys: usize, slots: u32, raw: &[u8]) -> Arc<ValueMemo> {
     if raw.len() > SHARED_VALUE_MAX {
-        return Arc::new(ValueMemo::new(set, keys, raw, false));
+        return Arc::new(ValueMemo::new(set, keys, slots, raw, false));
     }
     TABLE.with(|t| {
         let mut t = t.borrow_mut();
@@ -124,9 +115,9 @@ pub fn value(set: u64, keys: usize, raw: &[u8]) -> Arc<ValueMemo> {
                 return m.clone();
             }
             // A different value with the same hash: this one goes unshared.
-            return Arc::new(ValueMemo::new(set, keys, raw, false));
+            return Arc::new(ValueMemo::new(set, keys, slots, raw, false));
         }
-        let m = Arc::new(ValueMemo::new(set, keys, raw, true));
+        let m = Arc::new(ValueMemo::new(set, keys, slots, raw, true));
         let size = m.size();
         if BYTES.with(|b| b.get()) + size > THREAD_BUDGET {
             t.map.clear();
@@ -146,29 +137,32 @@ mod tests {
     fn same_content_shares_a_memo_and_its_verdicts() {
         let a = b"gia tri".to_vec();
         let b = b"gia tri".to_vec();
-        let m = value(7, 4, &a);
-        let c = m.chain(3, 70, || Some(a.to_ascii_uppercase())).unwrap();
-        assert_eq!(c.value(&a), b"GIA TRI");
-        assert!(!c.known_miss(65));
-        c.set_miss(65);
+        let m = value(7, 4, 70, &a);
+        assert_eq!(
+            m.out(3, || Some(a.to_ascii_uppercase())),
+            Some(Some(&b"GIA TRI"[..]))
+        );
+        assert!(!m.known_miss(65));
+        m.set_miss(65);
         // Another request's value with the same bytes finds what the first learnt.
-        let m2 = value(7, 4, &b);
-        let c2 = m2.chain(3, 70, || panic!("not computed again")).unwrap();
-        assert!(c2.known_miss(65));
-        assert!(!c2.known_miss(64));
-        // Another chain or rule set is another memo.
-        let c3 = m2.chain(2, 70, || None).unwrap();
-        assert!(!c3.known_miss(65));
-        assert_eq!(c3.value(&b), b"gia tri");
-        let m4 = value(8, 4, &b);
-        assert!(!m4.chain(3, 70, || None).unwrap().known_miss(65));
-        assert!(m4.chain(4, 70, || None).is_none());
+        let m2 = value(7, 4, 70, &b);
+        assert_eq!(
+            m2.out(3, || panic!("not computed again")),
+            Some(Some(&b"GIA TRI"[..]))
+        );
+        assert!(m2.known_miss(65));
+        assert!(!m2.known_miss(64));
+        // Another chain key leaves the value as it is; another rule set is another memo.
+        assert_eq!(m2.out(2, || None), Some(None));
+        let m4 = value(8, 4, 70, &b);
+        assert!(!m4.known_miss(65));
+        assert_eq!(m4.out(9, || panic!("no such key")), None);
     }
 
     #[test]
     fn long_values_are_not_shared() {
         let v = vec![b'a'; SHARED_VALUE_MAX + 1];
-        value(9, 2, &v).chain(1, 10, || None).unwrap().set_miss(1);
-        assert!(!value(9, 2, &v).chain(1, 10, || None).unwrap().known_miss(1));
+        value(9, 2, 10, &v).set_miss(1);
+        assert!(!value(9, 2, 10, &v).known_miss(1));
     }
 }

@@ -63,13 +63,45 @@ pub enum Sel {
     /// Lower-cased key (collection keys compare case-insensitively).
     Key(String),
     Regex(regex::bytes::Regex),
+    /// A `/regex/` that is plain text (`/__utm/`), lower-cased: found anywhere in the key.
+    Contains(Vec<u8>),
+    /// A `/^regex/` that is plain text after the `^` (`/^header_name_/`), lower-cased.
+    Prefix(Vec<u8>),
 }
 
 impl Sel {
+    /// A key selector given as `/regex/` (case-insensitive, as collection keys compare).
+    /// Plain-text patterns, which most CRS exclusions are and which rules test against every
+    /// key of a collection, are compared without a regex.
+    pub fn regex(pattern: &str) -> Result<Sel, String> {
+        let plain = |p: &str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if plain(pattern) {
+            return Ok(Sel::Contains(pattern.to_ascii_lowercase().into_bytes()));
+        }
+        if let Some(rest) = pattern.strip_prefix('^').filter(|p| plain(p)) {
+            return Ok(Sel::Prefix(rest.to_ascii_lowercase().into_bytes()));
+        }
+        regex::bytes::RegexBuilder::new(pattern)
+            .case_insensitive(true)
+            .unicode(false)
+            .build()
+            .map(Sel::Regex)
+            .map_err(|e| format!("target regex /{pattern}/: {e}"))
+    }
+
     pub fn matches(&self, key: &str) -> bool {
+        let key = key.as_bytes();
         match self {
-            Sel::Key(k) => k.eq_ignore_ascii_case(key),
-            Sel::Regex(r) => r.is_match(key.as_bytes()),
+            Sel::Key(k) => k.as_bytes().eq_ignore_ascii_case(key),
+            Sel::Regex(r) => r.is_match(key),
+            Sel::Contains(p) => {
+                p.len() <= key.len() && key.windows(p.len()).any(|w| w.eq_ignore_ascii_case(p))
+            }
+            Sel::Prefix(p) => key.len() >= p.len() && key[..p.len()].eq_ignore_ascii_case(p),
         }
     }
 }
@@ -133,7 +165,7 @@ pub struct Rule {
     pub severity: Option<u8>,
     pub tags: Vec<String>,
     pub chain: Option<Box<Rule>>,
-    /// This link's bit in its chain key's verdict memo (`memo::ChainMemo`), for links whose
+    /// This link's bit in a value's verdict memo (`memo::ValueMemo`), for links whose
     /// operator result depends on the value alone.
     pub memo_slot: Option<u32>,
 }
@@ -208,6 +240,8 @@ pub struct RuleSet {
     /// Per chain key (a chain's index, plus `chains.len()` for `multiMatch` links): how many
     /// links hold a `memo_slot` under it.
     pub memo_widths: Vec<u32>,
+    /// Links with a `memo_slot` in all.
+    pub memo_slots: u32,
     /// Per phase and entry: where evaluation goes on after that rule's `skipAfter`.
     pub jumps: [Vec<u32>; 6],
 }
@@ -267,6 +301,7 @@ impl RuleSet {
                     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 },
                 memo_widths: Vec::new(),
+                memo_slots: 0,
                 jumps: Default::default(),
             },
             chain_index: HashMap::new(),
@@ -281,22 +316,39 @@ impl RuleSet {
             return Err(err_at(&d.0, d.1, "chain without a following rule".into()));
         }
         b.apply_removals();
+        // Slots grouped by chain key: the links that read one transformed value test
+        // neighbouring bits.
         let chains = b.set.chains.len();
         let mut widths = vec![0u32; 2 * chains];
-        for list in b.set.phases.iter_mut() {
-            for e in list.iter_mut() {
-                let Entry::Rule(r) = e else { continue };
-                let mut link: Option<&mut Rule> = Some(r);
-                while let Some(l) = link {
-                    if l.op.is_pure() {
-                        let key = l.memo_key(chains);
-                        l.memo_slot = Some(widths[key]);
-                        widths[key] += 1;
+        let mut each_pure_link = |f: &mut dyn FnMut(&mut Rule)| {
+            for list in b.set.phases.iter_mut() {
+                for e in list.iter_mut() {
+                    let Entry::Rule(r) = e else { continue };
+                    let mut link: Option<&mut Rule> = Some(r);
+                    while let Some(l) = link {
+                        if l.op.is_pure() {
+                            f(l);
+                        }
+                        link = l.chain.as_deref_mut();
                     }
-                    link = l.chain.as_deref_mut();
                 }
             }
-        }
+        };
+        each_pure_link(&mut |l| widths[l.memo_key(chains)] += 1);
+        let mut next: Vec<u32> = widths
+            .iter()
+            .scan(0u32, |acc, w| {
+                let start = *acc;
+                *acc += w;
+                Some(start)
+            })
+            .collect();
+        each_pure_link(&mut |l| {
+            let key = l.memo_key(chains);
+            l.memo_slot = Some(next[key]);
+            next[key] += 1;
+        });
+        b.set.memo_slots = widths.iter().sum();
         b.set.memo_widths = widths;
         for (p, list) in b.set.phases.iter().enumerate() {
             for (i, e) in list.iter().enumerate() {
@@ -368,13 +420,7 @@ pub fn resolve_target(t: &seclang::Target) -> Result<Option<Var>, String> {
     let selector = match &t.selector {
         None => None,
         Some(Selector::Key(k)) => Some(Sel::Key(k.to_ascii_lowercase())),
-        Some(Selector::Regex(r)) => Some(Sel::Regex(
-            regex::bytes::RegexBuilder::new(r)
-                .case_insensitive(true)
-                .unicode(false)
-                .build()
-                .map_err(|e| format!("target regex /{r}/: {e}"))?,
-        )),
+        Some(Selector::Regex(r)) => Some(Sel::regex(r)?),
     };
     Ok(Some(Var {
         coll,
@@ -844,5 +890,41 @@ fn parse_phase(v: &str) -> Option<u8> {
         "response" => Some(4),
         "logging" => Some(5),
         n => n.parse::<u8>().ok().filter(|p| (1..=5).contains(p)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sel;
+
+    #[test]
+    fn plain_text_key_selectors_match_like_their_regex() {
+        let cases = [
+            ("__utm", "__utmz", true),
+            ("__utm", "x__UTMa", true),
+            ("__utm", "_ga", false),
+            ("^header_name_", "HEADER_NAME_cookie", true),
+            ("^header_name_", "x_header_name_", false),
+            ("^x-", "X-Forwarded-For", true),
+            ("a.b", "axb", true),
+            ("^(?:foo|bar)$", "BAR", true),
+        ];
+        for (pattern, key, want) in cases {
+            let sel = Sel::regex(pattern).unwrap();
+            assert_eq!(sel.matches(key), want, "/{pattern}/ on {key}");
+            let re = regex::bytes::RegexBuilder::new(pattern)
+                .case_insensitive(true)
+                .build()
+                .unwrap();
+            assert_eq!(
+                re.is_match(key.as_bytes()),
+                want,
+                "reference /{pattern}/ on {key}"
+            );
+        }
+        assert!(matches!(Sel::regex("__utm"), Ok(Sel::Contains(_))));
+        assert!(matches!(Sel::regex("^x-"), Ok(Sel::Prefix(_))));
+        assert!(matches!(Sel::regex("a.b"), Ok(Sel::Regex(_))));
+        assert!(Sel::regex("(").is_err());
     }
 }

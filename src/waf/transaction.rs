@@ -79,7 +79,9 @@ pub struct Transaction {
     mode: Mode,
     colls: Vec<Coll>,
     /// MATCHED_VARS of the rule being evaluated (name, value).
-    matched: Vec<(String, Vec<u8>)>,
+    matched: Hits,
+    /// The current link's hits (kept for their buffers).
+    found: Hits,
     removed_ids: Vec<(u64, u64)>,
     removed_tags: Vec<regex::Regex>,
     removed_targets: Vec<(Vec<(u64, u64)>, Var)>,
@@ -254,10 +256,52 @@ impl TxIndex {
 
 /// A value a rule link matched: its name (`ARGS:q`), the value the operator saw, and the
 /// operator's captures.
+#[derive(Default)]
 struct Hit {
     name: String,
     value: Vec<u8>,
     caps: Vec<Vec<u8>>,
+}
+
+/// Hits kept between rules, their buffers reused: most rules that match on clean traffic
+/// (the paranoia-level jumps, the set-up rules) would otherwise allocate for every match.
+#[derive(Default)]
+struct Hits {
+    v: Vec<Hit>,
+    n: usize,
+}
+
+impl Hits {
+    fn clear(&mut self) {
+        self.n = 0;
+    }
+
+    /// A cleared hit at the end.
+    fn next(&mut self) -> &mut Hit {
+        if self.n == self.v.len() {
+            self.v.push(Hit::default());
+        }
+        let h = &mut self.v[self.n];
+        self.n += 1;
+        h.name.clear();
+        h.value.clear();
+        h.caps.clear();
+        h
+    }
+
+    fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.v[..self.n]
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_slice()))
+    }
+
+    fn last(&self) -> Option<(&str, &[u8])> {
+        self.iter().last()
+    }
 }
 
 fn percent_decode(s: &[u8]) -> Vec<u8> {
@@ -313,7 +357,8 @@ impl Transaction {
             rules,
             mode,
             colls: vec![Vec::new(); VARIABLES.len()],
-            matched: Vec::new(),
+            matched: Hits::default(),
+            found: Hits::default(),
             removed_ids: Vec::new(),
             removed_tags: Vec::new(),
             removed_targets: Vec::new(),
@@ -809,7 +854,7 @@ impl Transaction {
             return;
         }
         if c == i.matched_vars {
-            for (k, v) in &self.matched {
+            for (k, v) in self.matched.iter() {
                 emit(k, v, None);
             }
             return;
@@ -841,7 +886,7 @@ impl Transaction {
             return;
         }
         if c == i.matched_vars_names {
-            for (k, _) in &self.matched {
+            for (k, _) in self.matched.iter() {
                 emit(k, k.as_bytes(), None);
             }
             return;
@@ -935,15 +980,18 @@ impl Transaction {
     /// later link may read them). True when all links match.
     fn eval_chain(&mut self, starter: &Rule) -> bool {
         self.matched.clear();
+        let mut found = std::mem::take(&mut self.found);
+        let mut all = true;
         for link in starter.links() {
-            let mut found = Vec::new();
+            found.clear();
             if !self.eval_link(starter, link, &mut found) {
-                return false;
+                all = false;
+                break;
             }
             // Each matched value sets its captures and MATCHED_VAR, then the link's actions
             // run for it (libmodsecurity 3 runs setvar once per matched value).
             self.matched.clear();
-            for hit in found {
+            for hit in &mut found.v[..found.n] {
                 if link.capture && !hit.caps.is_empty() {
                     let n = hit.caps.len().min(10);
                     // TX:0..n-1 from this match, and none left over from an earlier one.
@@ -951,18 +999,21 @@ impl Transaction {
                         !(k.len() == 1 && k.as_bytes()[0].is_ascii_digit())
                             || usize::from(k.as_bytes()[0] - b'0') < n
                     });
-                    for (i, c) in hit.caps.into_iter().take(10).enumerate() {
+                    for (i, c) in hit.caps.drain(..).take(10).enumerate() {
                         self.tx_put(i.to_string(), c);
                     }
                 }
-                self.matched.push((hit.name, hit.value));
+                let m = self.matched.next();
+                m.name.push_str(&hit.name);
+                m.value.extend_from_slice(&hit.value);
                 self.link_actions(starter, link);
             }
         }
-        true
+        self.found = found;
+        all
     }
 
-    fn eval_link(&self, starter: &Rule, link: &Rule, found: &mut Vec<Hit>) -> bool {
+    fn eval_link(&self, starter: &Rule, link: &Rule, found: &mut Hits) -> bool {
         let mx = Mx {
             tx: self,
             rule: Some(starter),
@@ -972,11 +1023,7 @@ impl Transaction {
             let mut caps = Vec::new();
             let hit = link.op.matches(b"", &mx, false, &mut caps);
             if hit {
-                found.push(Hit {
-                    name: String::new(),
-                    value: Vec::new(),
-                    caps,
-                });
+                found.next().caps = caps;
             }
             return hit;
         }
@@ -1004,50 +1051,53 @@ impl Transaction {
                     let mut caps = Vec::new();
                     let memo = cell.map(|c| {
                         c.get_or_init(|| {
-                            memo::value(self.rules.id, self.rules.memo_widths.len(), value)
+                            memo::value(
+                                self.rules.id,
+                                self.rules.memo_widths.len(),
+                                self.rules.memo_slots,
+                                value,
+                            )
                         })
                     });
+                    let owned;
                     let hit_value = if link.multi_match {
                         self.multi_match(link, chain, value, memo, &mx, &mut caps)
+                            .map(Cow::Owned)
                     } else {
                         let key = link.memo_key(self.rules.chains.len());
-                        let width = self.rules.memo_widths.get(key).copied().unwrap_or(0);
-                        let cm =
-                            memo.and_then(|m| m.chain(key, width, || apply_chain(chain, value)));
-                        let owned;
-                        let v = match cm {
-                            Some(cm) => cm.value(value),
+                        let out = memo.and_then(|m| m.out(key, || apply_chain(chain, value)));
+                        let v = match out {
+                            Some(out) => out.unwrap_or(value),
                             None => {
                                 owned = apply_chain(chain, value);
                                 owned.as_deref().unwrap_or(value)
                             }
                         };
-                        let slot = link.memo_slot.filter(|_| cm.is_some());
+                        let slot = link.memo_slot.filter(|_| out.is_some());
+                        let memo = memo.filter(|_| out.is_some());
                         let known_miss =
-                            slot.is_some_and(|s| cm.is_some_and(|cm| cm.known_miss(s)));
+                            slot.is_some_and(|s| memo.is_some_and(|m| m.known_miss(s)));
                         if !known_miss && link.op.matches(v, &mx, link.capture, &mut local_caps) {
                             if link.capture {
                                 caps = std::mem::take(&mut local_caps);
                             }
-                            Some(v.to_vec())
+                            Some(Cow::Borrowed(v))
                         } else {
-                            if let (Some(s), Some(cm)) = (slot, cm) {
-                                cm.set_miss(s);
+                            if let (Some(s), Some(m)) = (slot, memo) {
+                                m.set_miss(s);
                             }
                             None
                         }
                     };
                     if let Some(v) = hit_value {
-                        let coll = VARIABLES[var.coll];
-                        found.push(Hit {
-                            name: if key.is_empty() {
-                                coll.to_string()
-                            } else {
-                                format!("{coll}:{key}")
-                            },
-                            value: v,
-                            caps,
-                        });
+                        let h = found.next();
+                        h.name.push_str(VARIABLES[var.coll]);
+                        if !key.is_empty() {
+                            h.name.push(':');
+                            h.name.push_str(key);
+                        }
+                        h.value.extend_from_slice(&v);
+                        h.caps = caps;
                     }
                 },
             );
@@ -1081,11 +1131,11 @@ impl Transaction {
             Some(enc)
         };
         let key = link.memo_key(self.rules.chains.len());
-        let width = self.rules.memo_widths.get(key).copied().unwrap_or(0);
-        let cm = memo.and_then(|m| m.chain(key, width, steps));
-        let slot = link.memo_slot.filter(|_| cm.is_some());
-        if let (Some(s), Some(cm)) = (slot, cm) {
-            if cm.known_miss(s) {
+        let out = memo.and_then(|m| m.out(key, steps));
+        let memo = memo.filter(|_| out.is_some());
+        let slot = link.memo_slot.filter(|_| out.is_some());
+        if let (Some(s), Some(m)) = (slot, memo) {
+            if m.known_miss(s) {
                 return None;
             }
         }
@@ -1093,8 +1143,8 @@ impl Transaction {
             return Some(value.to_vec());
         }
         let owned;
-        let mut rest: &[u8] = match cm {
-            Some(cm) => cm.out().unwrap_or_default(),
+        let mut rest: &[u8] = match out {
+            Some(out) => out.unwrap_or_default(),
             None => {
                 owned = steps().unwrap_or_default();
                 &owned
@@ -1108,8 +1158,8 @@ impl Transaction {
                 return Some(v.to_vec());
             }
         }
-        if let (Some(s), Some(cm)) = (slot, cm) {
-            cm.set_miss(s);
+        if let (Some(s), Some(m)) = (slot, memo) {
+            m.set_miss(s);
         }
         None
     }
@@ -1199,7 +1249,7 @@ impl Transaction {
         );
         if starter.log {
             let mx = self.matched.last();
-            let var = mx.map(|(k, _)| k.clone()).unwrap_or_default();
+            let var = mx.map(|(k, _)| k.to_string()).unwrap_or_default();
             let msg = starter
                 .msg
                 .as_deref()
