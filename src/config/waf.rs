@@ -23,6 +23,16 @@ pub struct WafConfig {
     pub max_args: Option<Spanned<usize>>,
     /// JSON nesting inspected at most. Default 64.
     pub max_json_depth: Option<Spanned<usize>>,
+    /// A request body longer than `inspect_body` that carries no file upload: `reject`
+    /// (413, as ModSecurity's `SecRequestBodyLimitAction Reject`) or `partial` (inspect the
+    /// first `inspect_body` bytes, stream the rest). Default `reject`.
+    pub body_limit_action: Option<Spanned<String>>,
+    /// Response body bytes inspected in phase 4 (tenants with `inspect_response`); a longer
+    /// body is inspected up to here and streams on. Default 512KB.
+    pub inspect_response_body: Option<Spanned<Size>>,
+    /// Response media types whose body phase 4 inspects. Default `text/html`, `text/plain`,
+    /// `text/xml`.
+    pub response_body_types: Option<Vec<Spanned<String>>>,
 }
 
 /// `[waf]` in a tenant file.
@@ -34,6 +44,11 @@ pub struct TenantWafConfig {
     pub paranoia: Option<Spanned<u8>>,
     /// CRS inbound anomaly score threshold. Default 5.
     pub threshold: Option<Spanned<u32>>,
+    /// Also run the response phases (3: status and headers, 4: body) for this tenant's
+    /// responses: the CRS's data-leakage rules. Default false.
+    pub inspect_response: Option<Spanned<bool>>,
+    /// CRS outbound anomaly score threshold (phase 4). Default 4.
+    pub response_threshold: Option<Spanned<u32>>,
     /// Rules switched off for this tenant: ids or ranges (`942100`, `"920000-920999"`).
     #[serde(default)]
     pub exclude_rules: Vec<Spanned<IdSpec>>,

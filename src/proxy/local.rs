@@ -16,6 +16,26 @@ pub async fn respond_page(session: &mut Session, ctx: &mut Ctx, status: u16) -> 
     page_with_retry(session, ctx, status, None).await
 }
 
+/// The response that stands in for a backend response the WAF refused (its status line not
+/// sent yet): the tenant's page for `status`, or a redirect to `location`.
+pub fn refusal(ctx: &Ctx, status: u16, location: Option<&str>) -> Result<(ResponseHeader, Bytes)> {
+    let body = match (location, &ctx.snapshot, ctx.tenant) {
+        (Some(_), _, _) => Bytes::new(),
+        (None, Some(s), Some(t)) => s.tenants[t as usize]
+            .error_pages
+            .render(status, &ctx.request_id),
+        _ => Bytes::from(pages::builtin(status, &ctx.request_id)),
+    };
+    let mut resp = ResponseHeader::build(status, Some(5))?;
+    match location {
+        Some(loc) => resp.insert_header("Location", loc)?,
+        None => resp.insert_header("Content-Type", "text/html; charset=utf-8")?,
+    }
+    resp.insert_header("Content-Length", body.len().to_string())?;
+    resp.insert_header("Cache-Control", "no-store")?;
+    Ok((resp, body))
+}
+
 /// 429 with `Retry-After` and the bilingual page.
 pub async fn too_many_requests(
     session: &mut Session,

@@ -81,6 +81,13 @@ pub struct Ctx {
     waf_block: Option<crate::waf::Intervention>,
     waf_score: Option<i32>,
     waf_rules: Vec<u32>,
+    /// What of the transaction's matches and verdict has been reported.
+    waf_reported: crate::waf::Reported,
+    /// The transaction after the request phases, for the response phases (tenants with
+    /// `inspect_response`), and the page that replaces a response they refused.
+    waf_resp: Option<Box<crate::waf::response::ResponseScan>>,
+    waf_resp_page: Option<bytes::Bytes>,
+    waf_resp_refused: bool,
     /// The connection closes after this response (its page says so on HTTP/1).
     closing: bool,
 }
@@ -173,6 +180,10 @@ impl ProxyHttp for Proxy {
             waf_block: None,
             waf_score: None,
             waf_rules: Vec::new(),
+            waf_reported: Default::default(),
+            waf_resp: None,
+            waf_resp_page: None,
+            waf_resp_refused: false,
             closing: false,
         }
     }
@@ -374,7 +385,17 @@ impl ProxyHttp for Proxy {
             };
             if let Some(mut t) = tenant.waf.begin(&facts) {
                 let body = crate::waf::has_body(&req.headers);
-                if t.intervention.is_none() && body && t.wants_body() {
+                // A body announced longer than what is inspected is refused before it comes
+                // (`body_limit_action = "reject"`).
+                let announced = req
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+                if t.intervention.is_none()
+                    && body
+                    && !t.refuse_oversize(announced.unwrap_or(0))
+                    && t.wants_body()
+                {
                     ctx.waf = Some(Box::new(t));
                 } else {
                     if t.intervention.is_none() {
@@ -382,6 +403,12 @@ impl ProxyHttp for Proxy {
                     }
                     if let Some(i) = self.waf_verdict(ctx, &t) {
                         return waf_refuse(session, ctx, i).await;
+                    }
+                    if let Some(r) = tenant.waf.response() {
+                        ctx.waf_resp = Some(Box::new(crate::waf::response::ResponseScan::new(
+                            Box::new(t),
+                            r.clone(),
+                        )));
                     }
                 }
             }
@@ -447,18 +474,28 @@ impl ProxyHttp for Proxy {
                 ctx.waf_held_bytes += b.len();
                 ctx.waf_held.push(b);
             }
-            if !end_of_stream && ctx.waf_held_bytes < t.inspect_limit() {
+            if !end_of_stream && ctx.waf_held_bytes <= t.inspect_limit() {
                 *body = Some(bytes::Bytes::new());
                 return Ok(());
             }
             let Some(mut t) = ctx.waf.take() else {
                 return Ok(());
             };
-            t.process_request_body();
+            if !t.refuse_oversize(ctx.waf_held_bytes as u64) {
+                t.process_request_body();
+            }
             if let Some(i) = self.waf_verdict(ctx, &t) {
                 let status = i.status;
                 ctx.waf_block = Some(i);
                 return Error::e_explain(HTTPStatus(status), "refused by the WAF");
+            }
+            if let Some(r) = ctx
+                .snapshot
+                .as_ref()
+                .zip(ctx.tenant)
+                .and_then(|(s, ti)| s.tenants[ti as usize].waf.response().cloned())
+            {
+                ctx.waf_resp = Some(Box::new(crate::waf::response::ResponseScan::new(t, r)));
             }
             let held = std::mem::take(&mut ctx.waf_held);
             *body = Some(if held.len() == 1 {
@@ -646,6 +683,42 @@ impl ProxyHttp for Proxy {
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // 12. WAF response phases: 3 on the status and headers; 4 holds the body back.
+        if let Some(mut scan) = ctx.waf_resp.take() {
+            let head = session.req_header().method == http::Method::HEAD;
+            let v = scan.headers(
+                upstream.status.as_u16(),
+                upstream.version,
+                &upstream.headers,
+                head,
+            );
+            let verdict = self.waf_verdict(ctx, scan.transaction());
+            if let Some(i) = verdict.filter(|_| v.intervention.is_some()) {
+                if i.drop {
+                    return Error::e_explain(ConnectionClosed, "dropped by the WAF");
+                }
+                let no_body = head
+                    || matches!(upstream.status.as_u16(), 204 | 304)
+                    || upstream
+                        .headers
+                        .get(http::header::CONTENT_LENGTH)
+                        .is_some_and(|v| v.as_bytes() == b"0");
+                let (resp, page) = local::refusal(ctx, i.status, i.redirect.as_deref())?;
+                *upstream = resp;
+                ctx.local_status = Some(i.status);
+                ctx.waf_resp_refused = true;
+                if no_body {
+                    upstream.insert_header("Content-Length", "0")?;
+                } else {
+                    ctx.waf_resp_page = Some(page);
+                }
+                session
+                    .cache
+                    .disable(NoCacheReason::Custom("refused by the WAF"));
+            } else if scan.holding() {
+                ctx.waf_resp = Some(scan);
+            }
+        }
         upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
         crate::cache::status_headers(&mut ctx.cache, &session.cache, upstream);
         if ctx.tls.is_some() {
@@ -656,6 +729,35 @@ impl ProxyHttp for Proxy {
             }
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        // A response the WAF refused in phase 3: its page instead of the backend's body.
+        if ctx.waf_resp_refused {
+            *body = ctx.waf_resp_page.take();
+            return Ok(None);
+        }
+        // Phase 4: the body is held until inspected; refused, nothing of it goes out and,
+        // its status being sent already, the connection ends.
+        if let Some(mut scan) = ctx.waf_resp.take() {
+            if let Some(_i) = scan.body(body, end_of_stream) {
+                let _ = self.waf_verdict(ctx, scan.transaction());
+                *body = None;
+                return Error::e_explain(ConnectionClosed, "response body refused by the WAF");
+            }
+            if scan.holding() {
+                ctx.waf_resp = Some(scan);
+            } else {
+                let _ = self.waf_verdict(ctx, scan.transaction());
+            }
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -743,6 +845,9 @@ impl ProxyHttp for Proxy {
         if let Some(mut t) = ctx.waf.take() {
             t.process_request_body();
             let _ = self.waf_verdict(ctx, &t);
+        }
+        if let Some(scan) = ctx.waf_resp.take() {
+            let _ = self.waf_verdict(ctx, scan.transaction());
         }
         if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
             limits::conn::request_finished(*peer);
@@ -834,8 +939,13 @@ impl Proxy {
                 request_id: &ctx.request_id,
                 paranoia: tenant.waf.paranoia,
             },
+            &mut ctx.waf_reported,
         );
         let i = t.intervention.clone()?;
+        // A response the rules refuse is the site's leak, not the client's offence.
+        if t.phase_done() > 2 {
+            return Some(i);
+        }
         limits::bans::strike(
             &snap.limits.bans,
             snap.limits.key(ctx.client_ip),

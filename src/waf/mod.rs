@@ -11,6 +11,7 @@
 pub mod body;
 mod memo;
 pub mod operators;
+pub mod response;
 pub mod rules;
 pub mod seclang;
 pub mod transaction;
@@ -53,6 +54,9 @@ pub struct TenantWaf {
     pub paranoia: u8,
     pub threshold: u32,
     rules: Option<Arc<RuleSet>>,
+    /// Response phases (3 and 4) run for this tenant, with these settings.
+    response: Option<Arc<ResponseInspection>>,
+    pub response_threshold: u32,
     always: Exclusions,
     /// Exclusions that apply under a path prefix (normalised path).
     by_path: Vec<(String, Exclusions)>,
@@ -66,10 +70,40 @@ impl Default for TenantWaf {
             paranoia: 1,
             threshold: 5,
             rules: None,
+            response: None,
+            response_threshold: 4,
             always: Exclusions::default(),
             by_path: Vec::new(),
             limits: BodyLimits::default(),
         }
+    }
+}
+
+/// How response bodies are inspected (main `[waf]` settings).
+#[derive(Debug, Clone)]
+pub struct ResponseInspection {
+    /// Body bytes inspected at most (decompressed).
+    pub limit: usize,
+    /// Lower-case media types (`text/html`) whose body phase 4 reads.
+    pub types: Vec<String>,
+}
+
+impl Default for ResponseInspection {
+    fn default() -> Self {
+        ResponseInspection {
+            limit: 512 * 1024,
+            types: ["text/html", "text/plain", "text/xml"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+impl ResponseInspection {
+    /// Whether phase 4 reads a body of this `Content-Type`.
+    pub fn wants(&self, content_type: &str) -> bool {
+        let media = content_type.split(';').next().unwrap_or("").trim();
+        self.types.iter().any(|t| t.eq_ignore_ascii_case(media))
     }
 }
 
@@ -79,6 +113,7 @@ pub struct Global {
     main_rules: Vec<PathBuf>,
     default_mode: Option<TenantMode>,
     limits: BodyLimits,
+    response: Arc<ResponseInspection>,
     sets: HashMap<Vec<PathBuf>, Arc<RuleSet>>,
 }
 
@@ -109,10 +144,45 @@ impl Global {
         if let Some(n) = &w.max_json_depth {
             limits.max_json_depth = *n.get_ref();
         }
+        if let Some(a) = &w.body_limit_action {
+            limits.reject_oversize = match a.get_ref().as_str() {
+                "reject" => true,
+                "partial" => false,
+                _ => {
+                    return Err(src.error_at(
+                        a.span(),
+                        "waf.body_limit_action",
+                        "must be `reject` or `partial`",
+                    ))
+                }
+            };
+        }
+        let mut response = ResponseInspection::default();
+        if let Some(s) = &w.inspect_response_body {
+            response.limit = usize::try_from(s.get_ref().0).unwrap_or(usize::MAX);
+            if response.limit < 1024 {
+                return Err(src.error_at(s.span(), "waf.inspect_response_body", "at least 1KB"));
+            }
+        }
+        if let Some(types) = &w.response_body_types {
+            response.types.clear();
+            for t in types {
+                let v = t.get_ref().trim().to_ascii_lowercase();
+                if v.is_empty() || !v.contains('/') || v.contains(';') {
+                    return Err(src.error_at(
+                        t.span(),
+                        "waf.response_body_types",
+                        "a media type such as `text/html`, without parameters",
+                    ));
+                }
+                response.types.push(v);
+            }
+        }
         Ok(Global {
             main_rules,
             default_mode,
             limits,
+            response: Arc::new(response),
             sets: HashMap::new(),
         })
     }
@@ -184,6 +254,18 @@ impl Global {
             Some(t) => *t.get_ref(),
             None => 5,
         };
+        let response_threshold = match &c.response_threshold {
+            Some(t) if *t.get_ref() == 0 => {
+                return Err(src.error_at(t.span(), "waf.response_threshold", "must be at least 1"))
+            }
+            Some(t) => *t.get_ref(),
+            None => 4,
+        };
+        let response = c
+            .inspect_response
+            .as_ref()
+            .is_some_and(|b| *b.get_ref())
+            .then(|| self.response.clone());
         let ranges = |ids: &[toml::Spanned<IdSpec>]| -> Vec<(u64, u64)> {
             ids.iter().map(|s| (s.get_ref().0, s.get_ref().1)).collect()
         };
@@ -287,6 +369,8 @@ impl Global {
             paranoia,
             threshold,
             rules,
+            response,
+            response_threshold,
             always,
             by_path,
             limits: self.limits,
@@ -327,6 +411,11 @@ impl TenantWaf {
         self.mode != TenantMode::Off && self.rules.is_some()
     }
 
+    /// How this tenant's responses are inspected (`None`: phases 3 and 4 do not run).
+    pub fn response(&self) -> Option<&Arc<ResponseInspection>> {
+        self.response.as_ref().filter(|_| self.enabled())
+    }
+
     /// Starts a transaction and runs phase 1. `None` when the WAF is off for the tenant.
     pub fn begin(&self, f: &RequestFacts) -> Option<Transaction> {
         let rules = self.rules.clone()?;
@@ -344,6 +433,10 @@ impl TenantWaf {
         t.set_tx(
             "inbound_anomaly_score_threshold",
             &self.threshold.to_string(),
+        );
+        t.set_tx(
+            "outbound_anomaly_score_threshold",
+            &self.response_threshold.to_string(),
         );
         t.exclude(&self.always);
         for (prefix, ex) in &self.by_path {
@@ -425,15 +518,26 @@ pub fn anomaly_score(t: &Transaction) -> i32 {
         .unwrap_or(0)
 }
 
-/// Emits a `waf_match` event per logged rule match, then `waf_block` or `waf_detect` for the
-/// request's verdict, and counts them.
-pub fn report(t: &Transaction, s: &Subject) {
-    if t.matches.is_empty() {
+/// What of a transaction has been reported already (it is reported after the request
+/// phases and again after each response phase).
+#[derive(Debug, Default)]
+pub struct Reported {
+    matches: usize,
+    verdict: bool,
+}
+
+/// Emits a `waf_match` event per logged rule match not reported yet, then `waf_block` or
+/// `waf_detect` for the verdict (once), and counts them.
+pub fn report(t: &Transaction, s: &Subject, done: &mut Reported) {
+    let fresh = t.matches.get(done.matches..).unwrap_or_default();
+    let verdict = !done.verdict && (t.intervention.is_some() || t.would_block.is_some());
+    if fresh.is_empty() && !verdict {
         return;
     }
+    done.matches = t.matches.len();
     let m = crate::metrics::get();
     let score = anomaly_score(t);
-    for x in &t.matches {
+    for x in fresh {
         m.waf_rule_matches
             .with_label_values(&[&(x.id / 1000).to_string()])
             .inc();
@@ -451,12 +555,23 @@ pub fn report(t: &Transaction, s: &Subject) {
                 .field("severity", x.severity.map(severity_name).unwrap_or("-"))
                 .field("tags", x.tags.join(","))
                 .field("score", score)
+                .field("phase", x.phase)
                 .field("paranoia", s.paranoia)
                 .field("client_ip", s.client_ip)
                 .field("request_id", s.request_id),
         );
     }
+    if !verdict {
+        return;
+    }
+    done.verdict = true;
     let rules: Vec<String> = t.matches.iter().map(|x| x.id.to_string()).collect();
+    let reason = match (t.oversize(), t.phase_done()) {
+        (true, _) => "request body over waf.inspect_body",
+        (false, 3) => "response headers",
+        (false, 4) => "response body",
+        _ => "request",
+    };
     if let Some(i) = &t.intervention {
         m.waf_blocks.with_label_values(&[s.tenant]).inc();
         emit(
@@ -466,6 +581,8 @@ pub fn report(t: &Transaction, s: &Subject) {
                 .field("rules", rules.join(","))
                 .field("score", score)
                 .field("status", i.status)
+                .field("phase", t.phase_done())
+                .field("reason", reason)
                 .field("client_ip", s.client_ip)
                 .field("request_id", s.request_id),
         );
@@ -477,6 +594,8 @@ pub fn report(t: &Transaction, s: &Subject) {
                 .field("rule_id", id)
                 .field("rules", rules.join(","))
                 .field("score", score)
+                .field("phase", t.phase_done())
+                .field("reason", reason)
                 .field("client_ip", s.client_ip)
                 .field("request_id", s.request_id),
         );

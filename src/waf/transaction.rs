@@ -53,6 +53,9 @@ pub struct BodyLimits {
     pub inspect_bytes: usize,
     pub max_args: usize,
     pub max_json_depth: usize,
+    /// Refuse (413) a body without file uploads that is longer than `inspect_bytes`
+    /// (`SecRequestBodyLimitAction Reject`); otherwise its tail streams on uninspected.
+    pub reject_oversize: bool,
 }
 
 impl Default for BodyLimits {
@@ -61,6 +64,7 @@ impl Default for BodyLimits {
             inspect_bytes: 128 * 1024,
             max_args: 1000,
             max_json_depth: 64,
+            reject_oversize: true,
         }
     }
 }
@@ -107,6 +111,8 @@ pub struct Transaction {
     pub intervention: Option<Intervention>,
     /// True when a disruptive rule matched while the engine only detects.
     pub would_block: Option<u64>,
+    /// A body over the inspection limit was refused (or would have been).
+    oversize: bool,
 }
 
 fn vi(name: &str) -> usize {
@@ -380,6 +386,7 @@ impl Transaction {
             matches: Vec::new(),
             intervention: None,
             would_block: None,
+            oversize: false,
         };
         t.set_scalar("UNIQUE_ID", unique_id.as_bytes().to_vec());
         // Defined (empty) even without a body processor, so `!@rx` rules on it can match.
@@ -564,6 +571,42 @@ impl Transaction {
         self.run_phase(1)
     }
 
+    /// `SecRequestBodyLimitAction Reject` for a body of `len` bytes (announced, or seen so
+    /// far): a body without file uploads longer than what is inspected is refused with 413
+    /// (recorded as would-block while detecting). True when the request is to be refused.
+    pub fn refuse_oversize(&mut self, len: u64) -> bool {
+        if !self.body_limits.reject_oversize
+            || !self.wants_body()
+            || self.body_kind == Some(body::Kind::Multipart)
+            || len <= self.body_limits.inspect_bytes as u64
+            || self.oversize
+        {
+            return false;
+        }
+        self.oversize = true;
+        match self.mode {
+            Mode::On => {
+                self.intervention = Some(Intervention {
+                    status: 413,
+                    rule_id: 0,
+                    drop: false,
+                    redirect: None,
+                });
+                true
+            }
+            _ => {
+                self.would_block.get_or_insert(0);
+                false
+            }
+        }
+    }
+
+    /// Whether the body was over the inspection limit under `reject` (refused, or would
+    /// have been while detecting).
+    pub fn oversize(&self) -> bool {
+        self.oversize
+    }
+
     /// Body bytes inspected at most.
     pub fn inspect_limit(&self) -> usize {
         self.body_limits.inspect_bytes
@@ -683,6 +726,53 @@ impl Transaction {
         self.vmemo.iter_mut().for_each(Vec::clear);
         self.kmemo.iter_mut().for_each(Vec::clear);
         self.run_phase(2)
+    }
+
+    /// Runs phase 3 on the backend's response status line and headers. Returns the
+    /// intervention, if any (also one from an earlier phase).
+    pub fn process_response_headers<'h>(
+        &mut self,
+        status: u16,
+        protocol: &str,
+        headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+    ) -> Option<Intervention> {
+        if self.done_phases >= 3 {
+            return self.intervention.clone();
+        }
+        let i = ix();
+        self.set_scalar("RESPONSE_STATUS", status.to_string().into_bytes());
+        self.set_scalar("RESPONSE_PROTOCOL", protocol.as_bytes().to_vec());
+        let mut stored = Vec::new();
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case("content-type") {
+                self.set_scalar("RESPONSE_CONTENT_TYPE", value.to_vec());
+            } else if name.eq_ignore_ascii_case("content-length") {
+                self.set_scalar("RESPONSE_CONTENT_LENGTH", value.to_vec());
+            }
+            stored.push((name.to_string(), value.to_vec()));
+        }
+        self.colls[i.response_headers] = stored;
+        self.vmemo.iter_mut().for_each(Vec::clear);
+        self.kmemo.iter_mut().for_each(Vec::clear);
+        self.run_phase(3)
+    }
+
+    /// Ends the response body (the bytes given, already cut to the inspection limit) and runs
+    /// phase 4.
+    pub fn process_response_body(&mut self, body: Vec<u8>) -> Option<Intervention> {
+        if self.done_phases >= 4 {
+            return self.intervention.clone();
+        }
+        self.done_phases = self.done_phases.max(3);
+        self.set_scalar("RESPONSE_BODY", body);
+        self.vmemo.iter_mut().for_each(Vec::clear);
+        self.kmemo.iter_mut().for_each(Vec::clear);
+        self.run_phase(4)
+    }
+
+    /// The highest phase run so far (0 before phase 1).
+    pub fn phase_done(&self) -> u8 {
+        self.done_phases
     }
 
     fn first(&self, coll: usize) -> &[u8] {
@@ -928,14 +1018,13 @@ impl Transaction {
         if self.mode == Mode::Off || self.intervention.is_some() {
             return self.intervention.clone();
         }
-        if matches!(
-            self.allow,
-            Some(AllowScope::All) | Some(AllowScope::Request)
-        ) && phase <= 2
-        {
-            return None;
+        // `allow` ends the request's inspection (`allow:request`: its request phases), and
+        // `allow:phase` the phase it matched in.
+        match self.allow {
+            Some(AllowScope::All) => return None,
+            Some(AllowScope::Request) if phase <= 2 => return None,
+            _ => self.allow = None,
         }
-        self.allow = None;
         self.prepare_memos();
         let rules = self.rules.clone();
         let list = &rules.phases[phase as usize];
