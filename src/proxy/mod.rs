@@ -404,12 +404,7 @@ impl ProxyHttp for Proxy {
                     if let Some(i) = self.waf_verdict(ctx, &t) {
                         return waf_refuse(session, ctx, i).await;
                     }
-                    if let Some(r) = tenant.waf.response() {
-                        ctx.waf_resp = Some(Box::new(crate::waf::response::ResponseScan::new(
-                            Box::new(t),
-                            r.clone(),
-                        )));
-                    }
+                    keep_for_response(ctx, Box::new(t));
                 }
             }
         }
@@ -489,14 +484,7 @@ impl ProxyHttp for Proxy {
                 ctx.waf_block = Some(i);
                 return Error::e_explain(HTTPStatus(status), "refused by the WAF");
             }
-            if let Some(r) = ctx
-                .snapshot
-                .as_ref()
-                .zip(ctx.tenant)
-                .and_then(|(s, ti)| s.tenants[ti as usize].waf.response().cloned())
-            {
-                ctx.waf_resp = Some(Box::new(crate::waf::response::ResponseScan::new(t, r)));
-            }
+            keep_for_response(ctx, t);
             let held = std::mem::take(&mut ctx.waf_held);
             *body = Some(if held.len() == 1 {
                 held.into_iter().next().unwrap_or_default()
@@ -954,6 +942,19 @@ impl Proxy {
             ctx.country,
         );
         Some(i)
+    }
+}
+
+/// Keeps a transaction whose request phases passed for the response phases, when the tenant
+/// inspects responses.
+fn keep_for_response(ctx: &mut Ctx, t: Box<crate::waf::Transaction>) {
+    let cfg = ctx
+        .snapshot
+        .as_ref()
+        .zip(ctx.tenant)
+        .and_then(|(s, ti)| s.tenants[ti as usize].waf.response().cloned());
+    if let Some(cfg) = cfg {
+        ctx.waf_resp = Some(Box::new(crate::waf::response::ResponseScan::new(t, cfg)));
     }
 }
 
