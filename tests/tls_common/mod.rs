@@ -440,5 +440,24 @@ pub fn start_in(
         log,
     };
     g.wait_ready();
+    // Readiness covers the plain listener; the TLS listeners are bound by their own service
+    // and may come up a moment later: wait until every configured address accepts.
+    let cfg = std::fs::read_to_string(g.dir.path().join("cong.toml")).unwrap_or_default();
+    for addr in cfg.lines().filter_map(|l| {
+        l.trim()
+            .strip_prefix("address = \"")?
+            .strip_suffix('"')?
+            .parse::<SocketAddr>()
+            .ok()
+    }) {
+        crate::common::wait_until(
+            &format!("{addr} accepting"),
+            std::time::Duration::from_secs(10),
+            || {
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+                    .is_ok()
+            },
+        );
+    }
     g
 }
