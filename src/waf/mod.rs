@@ -131,13 +131,22 @@ impl Global {
             })?),
             None => None,
         };
-        let mut limits = BodyLimits::default();
-        if let Some(s) = &w.inspect_body {
-            limits.inspect_bytes = usize::try_from(s.get_ref().0).unwrap_or(usize::MAX);
-            if limits.inspect_bytes < 1024 {
-                return Err(src.error_at(s.span(), "waf.inspect_body", "at least 1KB"));
+        // Inspection sizes: at least 1KB, so a typo cannot switch inspection off.
+        let size = |v: &Option<toml::Spanned<crate::config::Size>>, key: &str, into: &mut usize| {
+            if let Some(s) = v {
+                *into = usize::try_from(s.get_ref().0).unwrap_or(usize::MAX);
+                if *into < 1024 {
+                    return Err(src.error_at(s.span(), key, "at least 1KB"));
+                }
             }
-        }
+            Ok(())
+        };
+        let mut limits = BodyLimits::default();
+        size(
+            &w.inspect_body,
+            "waf.inspect_body",
+            &mut limits.inspect_bytes,
+        )?;
         if let Some(n) = &w.max_args {
             limits.max_args = *n.get_ref();
         }
@@ -158,12 +167,11 @@ impl Global {
             };
         }
         let mut response = ResponseInspection::default();
-        if let Some(s) = &w.inspect_response_body {
-            response.limit = usize::try_from(s.get_ref().0).unwrap_or(usize::MAX);
-            if response.limit < 1024 {
-                return Err(src.error_at(s.span(), "waf.inspect_response_body", "at least 1KB"));
-            }
-        }
+        size(
+            &w.inspect_response_body,
+            "waf.inspect_response_body",
+            &mut response.limit,
+        )?;
         if let Some(types) = &w.response_body_types {
             response.types.clear();
             for t in types {
