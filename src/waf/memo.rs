@@ -70,6 +70,13 @@ impl ValueMemo {
             .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (slot % 64)) != 0)
     }
 
+    /// Clears in `and` the slots this value is not known to miss.
+    pub fn and_miss(&self, and: &mut [u64]) {
+        for (n, a) in and.iter_mut().enumerate() {
+            *a &= self.miss.get(n).map_or(0, |w| w.load(Ordering::Relaxed));
+        }
+    }
+
     /// Load and store, not an atomic or: a bit lost to a racing writer only means that link
     /// runs again for this value some day.
     pub fn set_miss(&self, slot: u32) {

@@ -105,6 +105,11 @@ pub struct Transaction {
     /// per phase; values do not move within one).
     vmemo: Vec<Vec<MemoCell>>,
     kmemo: Vec<Vec<MemoCell>>,
+    /// Per target collection, made when a rule first needs it in a phase: the memo slots
+    /// known not to match any of the collection's values (the AND of their miss bits). A
+    /// link whose bit is set there cannot match that target, whatever its selector and
+    /// exclusions keep, so it is passed over without visiting the values one by one.
+    all_miss: Vec<OnceLock<Box<[u64]>>>,
     /// TX positions by key hash (CRS rules read TX by key hundreds of times a request).
     tx_index: TxIndex,
     pub matches: Vec<Match>,
@@ -153,6 +158,10 @@ struct Ix {
     computed: Vec<bool>,
     /// `TIME*` variables.
     time: Vec<bool>,
+    /// ARGS_GET and ARGS_POST, which ARGS and ARGS_NAMES are made of.
+    args_both: [usize; 2],
+    /// For a `*_NAMES` collection of one stored collection: that collection.
+    names_of: Vec<Option<usize>>,
     /// Values that stay at their address for a phase (cacheable by address): everything
     /// but the collections rules write to and the matched values.
     stable: Vec<bool>,
@@ -208,6 +217,19 @@ fn ix() -> &'static Ix {
                 ) || v.starts_with("TIME")
             }),
             time: table(&|v| v.starts_with("TIME")),
+            args_both: [vi("ARGS_GET"), vi("ARGS_POST")],
+            names_of: VARIABLES
+                .iter()
+                .map(|v| match *v {
+                    "ARGS_GET_NAMES" => Some(vi("ARGS_GET")),
+                    "ARGS_POST_NAMES" => Some(vi("ARGS_POST")),
+                    "REQUEST_HEADERS_NAMES" => Some(vi("REQUEST_HEADERS")),
+                    "REQUEST_COOKIES_NAMES" => Some(vi("REQUEST_COOKIES")),
+                    "FILES_NAMES" => Some(vi("FILES")),
+                    "RESPONSE_HEADERS_NAMES" => Some(vi("RESPONSE_HEADERS")),
+                    _ => None,
+                })
+                .collect(),
             stable: table(&|v| {
                 !matches!(
                     v,
@@ -382,6 +404,7 @@ impl Transaction {
             done_phases: 0,
             vmemo: Vec::new(),
             kmemo: Vec::new(),
+            all_miss: Vec::new(),
             tx_index: TxIndex::default(),
             matches: Vec::new(),
             intervention: None,
@@ -1005,6 +1028,65 @@ impl Transaction {
         }
     }
 
+    /// The memo of a stored value, made on first use.
+    fn memo_of<'a>(&self, cell: &'a MemoCell, value: &[u8]) -> &'a Arc<ValueMemo> {
+        cell.get_or_init(|| {
+            memo::value(
+                self.rules.id,
+                self.rules.memo_widths.len(),
+                self.rules.memo_slots,
+                value,
+            )
+        })
+    }
+
+    /// Whether memo slot `slot` is known not to match any value `var` can resolve to (see
+    /// `all_miss`). False for targets whose values rules write or the engine computes.
+    fn known_miss_all(&self, var: &Var, slot: u32) -> bool {
+        let i = ix();
+        let c = var.coll;
+        if var.count || !i.stable[c] {
+            return false;
+        }
+        // Stored values, or the keys of stored values, of these collections.
+        let (sources, keys): (&[usize], bool) = if !i.computed[c] {
+            (std::slice::from_ref(&var.coll), false)
+        } else if c == i.args {
+            (&i.args_both, false)
+        } else if c == i.args_names {
+            (&i.args_both, true)
+        } else if let Some(base) = &i.names_of[c] {
+            (std::slice::from_ref(base), true)
+        } else {
+            return false;
+        };
+        let Some(cell) = self.all_miss.get(c) else {
+            return false;
+        };
+        let words = cell.get_or_init(|| {
+            let mut and = vec![u64::MAX; (self.rules.memo_slots as usize).div_ceil(64)];
+            for &coll in sources {
+                let memos = if keys { &self.kmemo } else { &self.vmemo };
+                let Some(memos) = memos.get(coll) else {
+                    and.fill(0);
+                    break;
+                };
+                for (n, (k, v)) in self.colls[coll].iter().enumerate() {
+                    let Some(cell) = memos.get(n) else {
+                        and.fill(0);
+                        break;
+                    };
+                    let m = self.memo_of(cell, if keys { k.as_bytes() } else { v });
+                    m.and_miss(&mut and);
+                }
+            }
+            and.into_boxed_slice()
+        });
+        words
+            .get(slot as usize / 64)
+            .is_some_and(|w| w & (1 << (slot % 64)) != 0)
+    }
+
     fn removed(&self, r: &Rule) -> bool {
         in_ranges(&self.removed_ids, r.id)
             || (!self.removed_tags.is_empty()
@@ -1131,6 +1213,9 @@ impl Transaction {
         let chain = &self.rules.chains[link.transforms as usize];
         let mut local_caps = Vec::new();
         for var in &link.targets {
+            if link.memo_slot.is_some_and(|s| self.known_miss_all(var, s)) {
+                continue;
+            }
             self.each_value(
                 var,
                 Some(starter),
@@ -1138,16 +1223,7 @@ impl Transaction {
                 &extra,
                 &mut |key, value, cell| {
                     let mut caps = Vec::new();
-                    let memo = cell.map(|c| {
-                        c.get_or_init(|| {
-                            memo::value(
-                                self.rules.id,
-                                self.rules.memo_widths.len(),
-                                self.rules.memo_slots,
-                                value,
-                            )
-                        })
-                    });
+                    let memo = cell.map(|c| self.memo_of(c, value));
                     let owned;
                     let hit_value = if link.multi_match {
                         self.multi_match(link, chain, value, memo, &mx, &mut caps)
@@ -1258,6 +1334,8 @@ impl Transaction {
         let i = ix();
         self.vmemo.resize_with(self.colls.len(), Vec::new);
         self.kmemo.resize_with(self.colls.len(), Vec::new);
+        self.all_miss.clear();
+        self.all_miss.resize_with(self.colls.len(), OnceLock::new);
         for (c, coll) in self.colls.iter().enumerate() {
             if i.stable[c] && !i.computed[c] {
                 self.vmemo[c].resize_with(coll.len(), OnceLock::new);
