@@ -244,6 +244,24 @@ pub struct RuleSet {
     pub memo_slots: u32,
     /// Per phase and entry: where evaluation goes on after that rule's `skipAfter`.
     pub jumps: [Vec<u32>; 6],
+    /// Per phase and entry: what evaluation needs to know to pass over a rule whose first
+    /// link cannot match, packed densely (walking the rules themselves for that costs a
+    /// cache miss or two per rule and request).
+    pub hot: [Vec<Hot>; 6],
+    /// The target collections `Hot::targets` points into.
+    pub hot_targets: Vec<u16>,
+}
+
+/// See `RuleSet::hot`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hot {
+    /// The first link's memo slot.
+    pub slot: u32,
+    /// `hot_targets[start..start + len]`: the first link's target collections, when every
+    /// one of them is a collection of stored values (`transaction::quickable`); `len` is 0
+    /// otherwise, and for markers.
+    pub start: u32,
+    pub len: u32,
 }
 
 impl RuleSet {
@@ -303,6 +321,8 @@ impl RuleSet {
                 memo_widths: Vec::new(),
                 memo_slots: 0,
                 jumps: Default::default(),
+                hot: Default::default(),
+                hot_targets: Vec::new(),
             },
             chain_index: HashMap::new(),
             open_chain: None,
@@ -368,6 +388,29 @@ impl RuleSet {
                 })
                 .collect();
             b.set.jumps[p] = jumps;
+            let mut hot = Vec::with_capacity(b.set.phases[p].len());
+            for e in &b.set.phases[p] {
+                let mut h = Hot::default();
+                if let Entry::Rule(r) = e {
+                    let quick = r.memo_slot.is_some()
+                        && !r.targets.is_empty()
+                        && r.targets.iter().all(|v| {
+                            !v.count && super::transaction::quickable(v.coll) && v.coll < 1 << 16
+                        });
+                    if let (true, Some(slot)) = (quick, r.memo_slot) {
+                        h = Hot {
+                            slot,
+                            start: b.set.hot_targets.len() as u32,
+                            len: r.targets.len() as u32,
+                        };
+                        b.set
+                            .hot_targets
+                            .extend(r.targets.iter().map(|v| v.coll as u16));
+                    }
+                }
+                hot.push(h);
+            }
+            b.set.hot[p] = hot;
         }
         Ok(b.set)
     }

@@ -158,6 +158,8 @@ struct Ix {
     computed: Vec<bool>,
     /// `TIME*` variables.
     time: Vec<bool>,
+    /// Each variable's own index (for slices of one).
+    own: Vec<usize>,
     /// ARGS_GET and ARGS_POST, which ARGS and ARGS_NAMES are made of.
     args_both: [usize; 2],
     /// For a `*_NAMES` collection of one stored collection: that collection.
@@ -217,6 +219,7 @@ fn ix() -> &'static Ix {
                 ) || v.starts_with("TIME")
             }),
             time: table(&|v| v.starts_with("TIME")),
+            own: (0..VARIABLES.len()).collect(),
             args_both: [vi("ARGS_GET"), vi("ARGS_POST")],
             names_of: VARIABLES
                 .iter()
@@ -248,6 +251,17 @@ fn ix() -> &'static Ix {
             }),
         }
     })
+}
+
+/// Whether a target of collection `coll` (counted or not) resolves to stored values, or their
+/// keys, that keep their memos through a phase: what `RuleSet::hot` may pass over.
+pub(super) fn quickable(coll: usize) -> bool {
+    let i = ix();
+    i.stable.get(coll).copied().unwrap_or(false)
+        && (!i.computed[coll]
+            || coll == i.args
+            || coll == i.args_names
+            || i.names_of[coll].is_some())
 }
 
 /// Where a stored value's memo is kept once a rule needs it.
@@ -451,6 +465,18 @@ impl Transaction {
         }
         // Another key with the same hash holds the slot.
         coll.iter().position(|(k, _)| k == key)
+    }
+
+    /// Sets TX variable `key` (lower-case), reusing the old value's buffer.
+    fn tx_set(&mut self, key: &str, value: &[u8]) {
+        match self.tx_pos(key) {
+            Some(at) => {
+                let v = &mut self.colls[ix().tx][at].1;
+                v.clear();
+                v.extend_from_slice(value);
+            }
+            None => self.tx_put(key.to_string(), value.to_vec()),
+        }
     }
 
     /// Sets TX variable `key` (lower-case).
@@ -1043,14 +1069,18 @@ impl Transaction {
     /// Whether memo slot `slot` is known not to match any value `var` can resolve to (see
     /// `all_miss`). False for targets whose values rules write or the engine computes.
     fn known_miss_all(&self, var: &Var, slot: u32) -> bool {
+        !var.count && self.known_miss_coll(var.coll, slot)
+    }
+
+    /// `known_miss_all` for every value of collection `c`.
+    fn known_miss_coll(&self, c: usize, slot: u32) -> bool {
         let i = ix();
-        let c = var.coll;
-        if var.count || !i.stable[c] {
+        if !i.stable[c] {
             return false;
         }
         // Stored values, or the keys of stored values, of these collections.
         let (sources, keys): (&[usize], bool) = if !i.computed[c] {
-            (std::slice::from_ref(&var.coll), false)
+            (std::slice::from_ref(&i.own[c]), false)
         } else if c == i.args {
             (&i.args_both, false)
         } else if c == i.args_names {
@@ -1116,6 +1146,20 @@ impl Transaction {
                 at += 1;
                 continue;
             };
+            // A first link that cannot match any value of its targets: the rule is passed over
+            // on the packed table alone.
+            let hot = rules.hot[phase as usize][at];
+            if hot.len > 0 {
+                let colls = &rules.hot_targets[hot.start as usize..][..hot.len as usize];
+                if colls
+                    .iter()
+                    .all(|&c| self.known_miss_coll(c as usize, hot.slot))
+                {
+                    self.matched.clear();
+                    at += 1;
+                    continue;
+                }
+            }
             if self.removed(rule) {
                 at += 1;
                 continue;
@@ -1349,7 +1393,11 @@ impl Transaction {
     /// as libmodsecurity 3 does.
     fn link_actions(&mut self, starter: &Rule, link: &Rule) {
         for sv in &link.setvars {
-            let name = self.expand(Some(starter), &sv.name).to_ascii_lowercase();
+            // Names are mostly plain lower-case text: no copy then.
+            let name = match self.expand(Some(starter), &sv.name) {
+                Cow::Borrowed(n) if !n.bytes().any(|b| b.is_ascii_uppercase()) => Cow::Borrowed(n),
+                n => Cow::Owned(n.to_ascii_lowercase()),
+            };
             let ci = match sv.coll.as_str() {
                 "tx" => ix().tx,
                 c => match VARIABLES.iter().position(|v| v.eq_ignore_ascii_case(c)) {
@@ -1365,6 +1413,11 @@ impl Transaction {
                 }
                 SetOp::Delete => {
                     self.colls[ci].retain(|(k, _)| *k != name);
+                    continue;
+                }
+                SetOp::Set(v) if tx => {
+                    let v = self.expand(Some(starter), v);
+                    self.tx_set(&name, v.as_bytes());
                     continue;
                 }
                 SetOp::Set(v) => self.expand(Some(starter), v).into_owned(),
@@ -1388,13 +1441,13 @@ impl Transaction {
                 }
             };
             if tx {
-                self.tx_put(name, value.into_bytes());
+                self.tx_set(&name, value.as_bytes());
                 continue;
             }
             let coll = &mut self.colls[ci];
             match coll.iter_mut().find(|(k, _)| *k == name) {
                 Some(e) => e.1 = value.into_bytes(),
-                None => coll.push((name, value.into_bytes())),
+                None => coll.push((name.into_owned(), value.into_bytes())),
             }
         }
         for c in &link.ctls {
