@@ -134,18 +134,12 @@ struct Ix {
     args_get: usize,
     args_post: usize,
     args_names: usize,
-    args_get_names: usize,
-    args_post_names: usize,
     tx: usize,
     headers: usize,
-    headers_names: usize,
     cookies: usize,
-    cookies_names: usize,
     files: usize,
-    files_names: usize,
     files_sizes: usize,
     response_headers: usize,
-    response_headers_names: usize,
     part_headers: usize,
     xml: usize,
     matched_var: usize,
@@ -169,6 +163,26 @@ struct Ix {
     stable: Vec<bool>,
 }
 
+impl Ix {
+    /// The stored collections whose values (`false`) or keys (`true`) collection `c`
+    /// resolves to: itself when stored as it is, ARGS_GET and ARGS_POST for ARGS and
+    /// ARGS_NAMES, the named collection for the other `*_NAMES`. `None` for the rest of the
+    /// computed ones.
+    fn stored(&self, c: usize) -> Option<(&[usize], bool)> {
+        if !self.computed[c] {
+            Some((std::slice::from_ref(&self.own[c]), false))
+        } else if c == self.args {
+            Some((&self.args_both, false))
+        } else if c == self.args_names {
+            Some((&self.args_both, true))
+        } else {
+            self.names_of[c]
+                .as_ref()
+                .map(|b| (std::slice::from_ref(b), true))
+        }
+    }
+}
+
 fn ix() -> &'static Ix {
     static IX: std::sync::OnceLock<Ix> = std::sync::OnceLock::new();
     IX.get_or_init(|| {
@@ -178,18 +192,12 @@ fn ix() -> &'static Ix {
             args_get: vi("ARGS_GET"),
             args_post: vi("ARGS_POST"),
             args_names: vi("ARGS_NAMES"),
-            args_get_names: vi("ARGS_GET_NAMES"),
-            args_post_names: vi("ARGS_POST_NAMES"),
             tx: vi("TX"),
             headers: vi("REQUEST_HEADERS"),
-            headers_names: vi("REQUEST_HEADERS_NAMES"),
             cookies: vi("REQUEST_COOKIES"),
-            cookies_names: vi("REQUEST_COOKIES_NAMES"),
             files: vi("FILES"),
-            files_names: vi("FILES_NAMES"),
             files_sizes: vi("FILES_SIZES"),
             response_headers: vi("RESPONSE_HEADERS"),
-            response_headers_names: vi("RESPONSE_HEADERS_NAMES"),
             part_headers: vi("MULTIPART_PART_HEADERS"),
             xml: vi("XML"),
             matched_var: vi("MATCHED_VAR"),
@@ -257,11 +265,7 @@ fn ix() -> &'static Ix {
 /// keys, that keep their memos through a phase: what `RuleSet::hot` may pass over.
 pub(super) fn quickable(coll: usize) -> bool {
     let i = ix();
-    i.stable.get(coll).copied().unwrap_or(false)
-        && (!i.computed[coll]
-            || coll == i.args
-            || coll == i.args_names
-            || i.names_of[coll].is_some())
+    i.stable.get(coll).copied().unwrap_or(false) && i.stored(coll).is_some()
 }
 
 /// Where a stored value's memo is kept once a rule needs it.
@@ -984,8 +988,7 @@ impl Transaction {
             return;
         }
         if c == i.args {
-            pairs(i.args_get);
-            pairs(i.args_post);
+            i.args_both.iter().for_each(|&a| pairs(a));
             return;
         }
         if c == i.tx {
@@ -998,24 +1001,7 @@ impl Transaction {
             }
             return;
         }
-        let names: &[usize] = if c == i.args_names {
-            &[i.args_get, i.args_post]
-        } else if c == i.args_get_names {
-            &[i.args_get]
-        } else if c == i.args_post_names {
-            &[i.args_post]
-        } else if c == i.headers_names {
-            &[i.headers]
-        } else if c == i.cookies_names {
-            &[i.cookies]
-        } else if c == i.files_names {
-            &[i.files]
-        } else if c == i.response_headers_names {
-            &[i.response_headers]
-        } else {
-            &[]
-        };
-        if !names.is_empty() {
+        if let Some((names, true)) = i.stored(c) {
             for &coll in names {
                 let memos = cells(&self.kmemo, coll, stable);
                 for (n, (k, _)) in self.colls[coll].iter().enumerate() {
@@ -1075,19 +1061,7 @@ impl Transaction {
     /// `known_miss_all` for every value of collection `c`.
     fn known_miss_coll(&self, c: usize, slot: u32) -> bool {
         let i = ix();
-        if !i.stable[c] {
-            return false;
-        }
-        // Stored values, or the keys of stored values, of these collections.
-        let (sources, keys): (&[usize], bool) = if !i.computed[c] {
-            (std::slice::from_ref(&i.own[c]), false)
-        } else if c == i.args {
-            (&i.args_both, false)
-        } else if c == i.args_names {
-            (&i.args_both, true)
-        } else if let Some(base) = &i.names_of[c] {
-            (std::slice::from_ref(base), true)
-        } else {
+        let Some((sources, keys)) = i.stored(c).filter(|_| i.stable[c]) else {
             return false;
         };
         let Some(cell) = self.all_miss.get(c) else {
