@@ -24,17 +24,17 @@ use std::time::Duration;
 
 const CRS: &str = "/usr/share/modsecurity-crs/owasp-crs.load";
 
-struct Req {
-    name: &'static str,
-    method: &'static str,
-    uri: &'static str,
-    content_type: Option<&'static str>,
-    body: &'static [u8],
+struct Req<'a> {
+    name: &'a str,
+    method: &'a str,
+    uri: &'a str,
+    content_type: Option<&'a str>,
+    body: &'a [u8],
     /// Whether the rules must refuse it.
     attack: bool,
 }
 
-const CASES: &[Req] = &[
+const CASES: &[Req<'static>] = &[
     Req {
         name: "benign_get",
         method: "GET",
@@ -95,13 +95,71 @@ const HEADERS: &[(&str, &str)] = &[
     ("Accept-Language", "vi-VN,vi;q=0.9,en-US;q=0.6,en;q=0.5"),
     ("Accept-Encoding", "gzip, deflate, br"),
     ("Referer", "http://bench.local/"),
-    ("Cookie", "_ga=GA1.2.1234567890.1700000000; lang=vi"),
     ("Connection", "keep-alive"),
 ];
+
+/// The request mix of `benches/waf.sh` (kind, method, path, content type, body), the same 20
+/// requests in the same order.
+const MIX: &[(bool, &str, &str, Option<&str>, &str)] = &[
+    (false, "GET", "/", None, ""),
+    (false, "GET", "/tin-tuc/chi-tiet?id=48213&chuyen_muc=thoi-su", None, ""),
+    (false, "GET", "/van-ban/quy-pham-phap-luat?so_hieu=15%2F2024%2FND-CP&nam=2024&trang=2", None, ""),
+    (false, "GET", "/lich-cong-tac?tuan=47&nam=2026&don_vi=ubnd-tinh", None, ""),
+    (false, "GET", "/thu-tuc-hanh-chinh?linh_vuc=dat-dai&cap=huyen&page=3", None, ""),
+    (false, "GET", "/gioi-thieu/co-cau-to-chuc", None, ""),
+    (false, "GET", "/static/css/main.css?v=20261120", None, ""),
+    (false, "GET", "/tin-tuc?chuyen_muc=kinh-te&trang=5&sap_xep=moi-nhat", None, ""),
+    (false, "GET", "/dich-vu-cong/tra-cuu-ho-so?ma_ho_so=000.00.31.H56-261120-0042", None, ""),
+    (false, "GET", "/tim-kiem?q=th%E1%BB%A7+t%E1%BB%A5c+c%E1%BA%A5p+gi%E1%BA%A5y+ph%C3%A9p+x%C3%A2y+d%E1%BB%B1ng", None, ""),
+    (false, "GET", "/tim-kiem?q=%C4%91%C4%83ng+k%C3%BD+khai+sinh&loai=thu-tuc", None, ""),
+    (false, "GET", "/tim-kiem?q=l%E1%BB%8Bch+ti%E1%BA%BFp+c%C3%B4ng+d%C3%A2n+th%C3%A1ng+11", None, ""),
+    (false, "GET", "/tim-kiem?q=ngh%E1%BB%8B+quy%E1%BA%BFt+h%E1%BB%99i+%C4%91%E1%BB%93ng+nh%C3%A2n+d%C3%A2n&tu_ngay=01%2F01%2F2026", None, ""),
+    (false, "POST", "/gop-y", Some("application/x-www-form-urlencoded"), "ho_ten=Nguy%E1%BB%85n+V%C4%83n+A&email=nguyenvana%40example.vn&dien_thoai=0912345678&tieu_de=C%E1%BA%A5p+l%E1%BA%A1i+gi%E1%BA%A5y+ph%C3%A9p&noi_dung=Xin+c%E1%BA%A5p+l%E1%BA%A1i+gi%E1%BA%A5y+ph%C3%A9p+x%C3%A2y+d%E1%BB%B1ng+do+b%E1%BB%8B+m%E1%BA%A5t."),
+    (false, "POST", "/dang-ky-lich-hen", Some("application/x-www-form-urlencoded"), "ho_ten=Tr%E1%BA%A7n+Th%E1%BB%8B+B%C3%ACnh&ngay=2026-11-25&gio=09%3A30&bo_phan=mot-cua&ghi_chu=N%E1%BB%99p+h%E1%BB%93+s%C6%A1+%C4%91%E1%BA%A5t+%C4%91ai"),
+    (false, "POST", "/api/ho-so", Some("application/json"), "{\"ma_ho_so\":\"H56.22-261120-0042\",\"ho_ten\":\"Trần Thị Bình\",\"so_cccd\":\"056190001234\",\"dia_chi\":\"Số 12 đường Lê Lợi, phường 1\",\"thu_tuc\":\"cap-giay-phep-xay-dung\",\"ghi_chu\":\"Nộp bổ sung bản vẽ\"}"),
+    (false, "POST", "/api/danh-gia", Some("application/json"), "{\"diem\":5,\"y_kien\":\"Cán bộ hướng dẫn nhiệt tình, thủ tục nhanh\",\"ma_can_bo\":1024,\"an_danh\":false}"),
+    (true, "GET", "/tin-tuc/chi-tiet?id=1%27%20UNION%20SELECT%20username,password%20FROM%20users--", None, ""),
+    (true, "POST", "/gop-y", Some("application/x-www-form-urlencoded"), "ho_ten=A&noi_dung=%3Cscript%3Ealert(document.cookie)%3C%2Fscript%3E"),
+    (true, "GET", "/tai-lieu/tai-ve?file=..%2F..%2F..%2F..%2Fetc%2Fpasswd", None, ""),
+];
+
+/// One cycle of the mix as `waf.sh`'s wrk script sends it: request `sent` (counting from
+/// `base`) gets a new visitor's cookie every 5 requests and a new article id every request, so
+/// values seen before do not make every request cheap. Returns the number refused.
+fn mix_cycle(rules: &Arc<RuleSet>, base: &mut u64) -> usize {
+    let mut refused = 0;
+    for &(attack, method, path, ctype, body) in MIX {
+        *base += 1;
+        let sent = *base;
+        let visitor = sent / 5;
+        let cookie = format!(
+            "_ga=GA1.2.{}.1700000000; lang=vi; PHPSESSID={:026x}",
+            1_000_000_000 + visitor,
+            visitor.wrapping_mul(2_654_435_761)
+        );
+        let uri = path.replace("id=48213", &format!("id={}", 48_213 + sent));
+        let r = Req {
+            name: "mix",
+            method,
+            uri: &uri,
+            content_type: ctype,
+            body: body.as_bytes(),
+            attack,
+        };
+        if evaluate_with(rules, &r, &cookie) {
+            refused += 1;
+        }
+    }
+    refused
+}
 
 /// One request through the WAF as a `block` tenant at paranoia 1 runs it; returns whether it
 /// was refused.
 fn evaluate(rules: &Arc<RuleSet>, r: &Req) -> bool {
+    evaluate_with(rules, r, "_ga=GA1.2.1234567890.1700000000; lang=vi")
+}
+
+fn evaluate_with(rules: &Arc<RuleSet>, r: &Req<'_>, cookie: &str) -> bool {
     let mut t = Transaction::new(rules.clone(), Mode::On, "bench-request-id");
     t.set_tx("paranoia_level", "1");
     t.set_tx("executing_paranoia_level", "1");
@@ -112,6 +170,7 @@ fn evaluate(rules: &Arc<RuleSet>, r: &Req) -> bool {
     for (name, value) in HEADERS {
         t.add_header(name, value.as_bytes());
     }
+    t.add_header("Cookie", cookie.as_bytes());
     let length = r.body.len().to_string();
     if let Some(ct) = r.content_type {
         t.add_header("Content-Type", ct.as_bytes());
@@ -150,6 +209,21 @@ fn bench(c: &mut Criterion) {
         );
     }
 
+    let mut base = 0u64;
+    assert_eq!(
+        mix_cycle(&rules, &mut base),
+        3,
+        "the mix's 3 attacks are refused"
+    );
+    if let Some(n) = std::env::var_os("WAF_EVAL_MIX_CYCLES") {
+        // For instruction counts (`valgrind --tool=callgrind`): that many cycles, nothing else.
+        let n: u32 = n.to_str().and_then(|s| s.parse().ok()).unwrap_or(50);
+        for _ in 0..n {
+            black_box(mix_cycle(&rules, &mut base));
+        }
+        return;
+    }
+
     let mut g = c.benchmark_group("waf_crs_pl1");
     g.sample_size(30)
         .warm_up_time(Duration::from_secs(1))
@@ -159,6 +233,16 @@ fn bench(c: &mut Criterion) {
             b.iter(|| black_box(evaluate(&rules, black_box(r))))
         });
     }
+    g.finish();
+
+    // The whole mix, values varying; the figure is per cycle of 20 requests.
+    let mut g = c.benchmark_group("waf_crs_pl1_mix");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(6));
+    g.bench_function("mix_20_requests", |b| {
+        b.iter(|| black_box(mix_cycle(&rules, &mut base)))
+    });
     g.finish();
 }
 
