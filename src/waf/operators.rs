@@ -21,7 +21,8 @@ mod regex_compat;
 
 /// Expands `%{tx.name}`-style macros in an operator parameter at evaluation time.
 pub trait Macros {
-    fn expand<'a>(&self, text: &'a str) -> Cow<'a, str>;
+    /// The text with its macros expanded; may borrow from the variables it reads.
+    fn expand<'a>(&'a self, text: &'a str) -> Cow<'a, str>;
 }
 
 /// A compiled operator. `@!rx` style negation is part of it.
@@ -392,12 +393,12 @@ impl Operator {
 }
 
 fn has_macro(param: &str) -> bool {
-    param.contains("%{")
+    param.as_bytes().windows(2).any(|w| w == b"%{")
 }
 
 /// The parameter with its macros expanded; without macros, the parameter itself (no
 /// allocation on the common path).
-fn expand<'a>(param: &'a str, dynamic: bool, macros: &dyn Macros) -> Cow<'a, str> {
+fn expand<'a>(param: &'a str, dynamic: bool, macros: &'a dyn Macros) -> Cow<'a, str> {
     if dynamic {
         macros.expand(param)
     } else {
@@ -505,6 +506,14 @@ fn regex_match(re: &Re, input: &[u8], capture: bool, captures: &mut Vec<Vec<u8>>
                 None => false,
             }
         }
+        // No groups (`^.*$`): the match itself is TX:0, found without a capture search.
+        Re::Linear(re, _) if capture && re.captures_len() == 1 => match re.find(input) {
+            Some(m) => {
+                captures.push(m.as_bytes().to_vec());
+                true
+            }
+            None => false,
+        },
         // Most values do not match: the lazy DFA says so before the slower capture search.
         Re::Linear(re, _) if capture && !re.is_match(input) => false,
         Re::Linear(re, _) if capture => match re.captures(input) {

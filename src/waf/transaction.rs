@@ -112,6 +112,8 @@ pub struct Transaction {
     all_miss: Vec<OnceLock<Box<[u64]>>>,
     /// TX positions by key hash (CRS rules read TX by key hundreds of times a request).
     tx_index: TxIndex,
+    /// Emptied TX entries to fill before allocating new ones (see `Buffers`).
+    tx_spare: Vec<(String, Vec<u8>)>,
     pub matches: Vec<Match>,
     pub intervention: Option<Intervention>,
     /// True when a disruptive rule matched while the engine only detects.
@@ -268,6 +270,105 @@ pub(super) fn quickable(coll: usize) -> bool {
     i.stable.get(coll).copied().unwrap_or(false) && i.stored(coll).is_some()
 }
 
+/// The containers of a finished transaction, kept per thread for the next one: a request
+/// would otherwise allocate a hundred TX variables, the memo tables and the hit buffers
+/// afresh, and free them all at its end.
+#[derive(Default)]
+struct Buffers {
+    colls: Vec<Coll>,
+    /// TX entries of earlier requests, emptied: `tx_set` fills one instead of allocating.
+    tx_spare: Vec<(String, Vec<u8>)>,
+    matched: Hits,
+    found: Hits,
+    vmemo: Vec<Vec<MemoCell>>,
+    kmemo: Vec<Vec<MemoCell>>,
+    all_miss: Vec<OnceLock<Box<[u64]>>>,
+    tx_index: TxIndex,
+}
+
+thread_local! {
+    static BUFFERS: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Transactions in flight on one thread at a time are few; more are not worth keeping.
+const KEPT_BUFFERS: usize = 8;
+
+impl Buffers {
+    fn take() -> Buffers {
+        let mut b = BUFFERS
+            .try_with(|p| p.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if b.colls.len() != VARIABLES.len() {
+            b.colls = vec![Vec::new(); VARIABLES.len()];
+        }
+        b
+    }
+
+    /// Empties everything (values, memos) and keeps the allocations.
+    fn give_back(mut self) {
+        for (c, coll) in self.colls.iter_mut().enumerate() {
+            if c == ix().tx {
+                // Large values (a copied body) are let go.
+                self.tx_spare.extend(
+                    coll.drain(..)
+                        .filter(|(k, v)| k.capacity() <= 256 && v.capacity() <= 4096)
+                        .map(|(mut k, mut v)| {
+                            k.clear();
+                            v.clear();
+                            (k, v)
+                        }),
+                );
+            } else {
+                coll.clear();
+            }
+        }
+        // A request with thousands of arguments does not pin their memory to the thread.
+        self.tx_spare.truncate(256);
+        self.colls.iter_mut().for_each(|c| c.shrink_to(1024));
+        self.vmemo.iter_mut().for_each(Vec::clear);
+        self.kmemo.iter_mut().for_each(Vec::clear);
+        self.all_miss.clear();
+        self.tx_index.map.clear();
+        self.matched.clear();
+        self.found.clear();
+        let _ = BUFFERS.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < KEPT_BUFFERS {
+                p.push(self);
+            }
+        });
+    }
+}
+
+/// Where the first `%{` of a macro starts. Setvar names and values are short, and a byte
+/// scan answers before a substring searcher is even set up.
+fn macro_at(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut from = 0;
+    while let Some(i) = b[from..].iter().position(|&c| c == b'%') {
+        let at = from + i;
+        if b.get(at + 1) == Some(&b'{') {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// A stored value as text: borrowed when it is UTF-8 (the check is much faster than the
+/// lossy conversion's chunk walk), else with replacement characters.
+fn text_of(v: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(v) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(v),
+    }
+}
+
+/// The TX keys of a match's capture groups.
+const CAPTURE_KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+
 /// Where a stored value's memo is kept once a rule needs it.
 type MemoCell = OnceLock<Arc<ValueMemo>>;
 
@@ -279,6 +380,16 @@ type ValueSink<'a> = dyn FnMut(&str, &[u8], Option<&MemoCell>) + 'a;
 struct TxIndex {
     map: HashMap<u64, u32, foldhash::fast::FixedState>,
     seed: foldhash::fast::FixedState,
+}
+
+impl TxIndex {
+    /// An index that has not allocated (what a dropped transaction is left with).
+    fn empty() -> TxIndex {
+        TxIndex {
+            map: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0)),
+            seed: foldhash::fast::FixedState::with_seed(0),
+        }
+    }
 }
 
 impl Default for TxIndex {
@@ -386,8 +497,24 @@ struct Mx<'a> {
 }
 
 impl Macros for Mx<'_> {
-    fn expand<'b>(&self, text: &'b str) -> Cow<'b, str> {
-        self.tx.expand(self.rule, text)
+    fn expand<'b>(&'b self, text: &'b str) -> Cow<'b, str> {
+        self.tx.expand_view(self.rule, text)
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        Buffers {
+            colls: std::mem::take(&mut self.colls),
+            tx_spare: std::mem::take(&mut self.tx_spare),
+            matched: std::mem::take(&mut self.matched),
+            found: std::mem::take(&mut self.found),
+            vmemo: std::mem::take(&mut self.vmemo),
+            kmemo: std::mem::take(&mut self.kmemo),
+            all_miss: std::mem::take(&mut self.all_miss),
+            tx_index: std::mem::replace(&mut self.tx_index, TxIndex::empty()),
+        }
+        .give_back();
     }
 }
 
@@ -399,12 +526,13 @@ impl Transaction {
             _ => Mode::On,
         };
         let body_access = rules.settings.body_access;
+        let b = Buffers::take();
         let mut t = Transaction {
             rules,
             mode,
-            colls: vec![Vec::new(); VARIABLES.len()],
-            matched: Hits::default(),
-            found: Hits::default(),
+            colls: b.colls,
+            matched: b.matched,
+            found: b.found,
             removed_ids: Vec::new(),
             removed_tags: Vec::new(),
             removed_targets: Vec::new(),
@@ -420,10 +548,11 @@ impl Transaction {
             started: Instant::now(),
             allow: None,
             done_phases: 0,
-            vmemo: Vec::new(),
-            kmemo: Vec::new(),
-            all_miss: Vec::new(),
-            tx_index: TxIndex::default(),
+            vmemo: b.vmemo,
+            kmemo: b.kmemo,
+            all_miss: b.all_miss,
+            tx_index: b.tx_index,
+            tx_spare: b.tx_spare,
             matches: Vec::new(),
             intervention: None,
             would_block: None,
@@ -479,7 +608,14 @@ impl Transaction {
                 v.clear();
                 v.extend_from_slice(value);
             }
-            None => self.tx_put(key.to_string(), value.to_vec()),
+            None => match self.tx_spare.pop() {
+                Some((mut k, mut v)) => {
+                    k.push_str(key);
+                    v.extend_from_slice(value);
+                    self.tx_put(k, v);
+                }
+                None => self.tx_put(key.to_string(), value.to_vec()),
+            },
         }
     }
 
@@ -511,7 +647,9 @@ impl Transaction {
     }
 
     fn set_scalar(&mut self, name: &str, value: Vec<u8>) {
-        self.colls[vi(name)] = vec![(String::new(), value)];
+        let coll = &mut self.colls[vi(name)];
+        coll.clear();
+        coll.push((String::new(), value));
     }
 
     /// The connection: client and server addresses.
@@ -837,12 +975,12 @@ impl Transaction {
 
     /// Expands `%{collection.key}` / `%{VARIABLE}` macros.
     pub fn expand<'b>(&self, rule: Option<&Rule>, text: &'b str) -> Cow<'b, str> {
-        if !text.contains("%{") {
+        if macro_at(text).is_none() {
             return Cow::Borrowed(text);
         }
-        let mut out = String::with_capacity(text.len());
+        let mut out = String::with_capacity(text.len() + 16);
         let mut rest = text;
-        while let Some(start) = rest.find("%{") {
+        while let Some(start) = macro_at(rest) {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
             let Some(end) = after.find('}') else {
@@ -850,15 +988,36 @@ impl Transaction {
                 rest = "";
                 break;
             };
-            let name = &after[..end];
-            out.push_str(&self.macro_value(rule, name));
+            self.macro_into(rule, &after[..end], &mut out);
             rest = &after[end + 1..];
         }
         out.push_str(rest);
         Cow::Owned(out)
     }
 
-    fn macro_value(&self, rule: Option<&Rule>, name: &str) -> String {
+    /// `expand` for a text used at once, such as an operator's parameter: a text that is one
+    /// `%{tx.key}` macro (`@within %{tx.restricted_headers}`) borrows the variable's value
+    /// instead of copying it.
+    fn expand_view<'s>(&'s self, rule: Option<&Rule>, text: &'s str) -> Cow<'s, str> {
+        let key = text
+            .strip_prefix("%{")
+            .and_then(|t| t.strip_suffix('}'))
+            .and_then(|t| t.split_once('.'))
+            .filter(|(c, k)| {
+                c.eq_ignore_ascii_case("tx")
+                    && !k.bytes().any(|b| b == b'}' || b.is_ascii_uppercase())
+                    && macro_at(k).is_none()
+            });
+        match key {
+            Some((_, k)) => match self.tx_pos(k) {
+                Some(at) => text_of(&self.colls[ix().tx][at].1),
+                None => Cow::Borrowed(""),
+            },
+            None => self.expand(rule, text),
+        }
+    }
+
+    fn macro_into(&self, rule: Option<&Rule>, name: &str, out: &mut String) {
         let (coll, key) = match name.split_once('.') {
             Some((c, k)) => (c, Some(k)),
             None => (name, None),
@@ -870,11 +1029,15 @@ impl Transaction {
             } else {
                 Cow::Borrowed(k)
             };
-            return self
-                .tx_pos(&k)
-                .map(|at| String::from_utf8_lossy(&self.colls[ix().tx][at].1).into_owned())
-                .unwrap_or_default();
+            if let Some(at) = self.tx_pos(&k) {
+                out.push_str(&text_of(&self.colls[ix().tx][at].1));
+            }
+            return;
         }
+        out.push_str(&self.macro_value(rule, coll, key));
+    }
+
+    fn macro_value(&self, rule: Option<&Rule>, coll: &str, key: Option<&str>) -> String {
         let upper = coll.to_ascii_uppercase();
         if upper == "RULE" {
             let Some(r) = rule else {
@@ -928,7 +1091,12 @@ impl Transaction {
         if var.count {
             let mut n = 0usize;
             self.select(var, rule, excl, extra, &mut |_, _, _| n += 1);
-            f("", n.to_string().as_bytes(), None);
+            // Counted on most requests (`&ARGS`, `&TX:x`): formatted without an allocation.
+            let mut buf = [0u8; 20];
+            let mut w = &mut buf[..];
+            let _ = std::io::Write::write_fmt(&mut w, format_args!("{n}"));
+            let len = 20 - w.len();
+            f("", &buf[..len], None);
         } else {
             self.select(var, rule, excl, extra, f);
         }
@@ -1184,12 +1352,17 @@ impl Transaction {
                 if link.capture && !hit.caps.is_empty() {
                     let n = hit.caps.len().min(10);
                     // TX:0..n-1 from this match, and none left over from an earlier one.
-                    self.tx_retain(|k| {
-                        !(k.len() == 1 && k.as_bytes()[0].is_ascii_digit())
-                            || usize::from(k.as_bytes()[0] - b'0') < n
-                    });
+                    if (n..10).any(|d| self.tx_pos(CAPTURE_KEYS[d]).is_some()) {
+                        self.tx_retain(|k| {
+                            !(k.len() == 1 && k.as_bytes()[0].is_ascii_digit())
+                                || usize::from(k.as_bytes()[0] - b'0') < n
+                        });
+                    }
                     for (i, c) in hit.caps.drain(..).take(10).enumerate() {
-                        self.tx_put(i.to_string(), c);
+                        match self.tx_pos(CAPTURE_KEYS[i]) {
+                            Some(at) => self.colls[ix().tx][at].1 = c,
+                            None => self.tx_put(CAPTURE_KEYS[i].to_string(), c),
+                        }
                     }
                 }
                 let m = self.matched.next();
