@@ -37,9 +37,9 @@
 # Environment: RUNS (5), DURATION (10 s), WARMUP (3 s), CONNECTIONS (50),
 #              CONG_BIN (target/release/cong), KEEP=1 keeps the scratch directory,
 #              PROXIES (default "modsec cong-waf cong nginx": a subset to measure),
-#              PERF_DIR=DIR: after the measured runs, one more run of cong-waf under
-#              `perf record --call-graph dwarf` (not counted), written to
-#              DIR/cong-waf.perf.data.
+#              PERF_DIR=DIR: after the measured runs, one more run of each proxy of
+#              PERF_PROXIES (default cong-waf) under `perf record --call-graph dwarf`
+#              (not counted), written to DIR/PROXY.perf.data.
 # Installs nginx, wrk, libnginx-mod-http-modsecurity and modsecurity-crs with apt-get when
 # they are missing.
 
@@ -413,17 +413,20 @@ if [[ -n "${MED[cong.3]:-}" && -n "${MED[nginx.3]:-}" ]]; then
     awk -v a="${MED[cong.3]}" -v b="${MED[nginx.3]}" 'BEGIN { printf "cpu_us/req cong / nginx:       %.2f\n", a / b }'
 fi
 
-if [[ -n "${PERF_DIR:-}" && -n "${PID_OF[cong-waf]:-}" ]]; then
+if [[ -n "${PERF_DIR:-}" ]]; then
     command -v perf >/dev/null 2>&1 || die "PERF_DIR set but perf not found"
     mkdir -p "$PERF_DIR"
-    log "perf record on cong-waf (pid ${PID_OF[cong-waf]}) for ${DURATION}s"
-    perf record -q -F 499 --call-graph dwarf,16384 -o "$PERF_DIR/cong-waf.perf.data" -p "${PID_OF[cong-waf]}" -- sleep "$((DURATION + 1))" 2>/dev/null &
-    perf_pid=$!
-    PIDS+=("$perf_pid")
-    sleep 0.5
-    run_wrk cong-waf "$DURATION" >/dev/null
-    wait "$perf_pid" || true
-    log "profile in $PERF_DIR (perf report -i $PERF_DIR/cong-waf.perf.data --no-children)"
+    for p in ${PERF_PROXIES:-cong-waf}; do
+        [[ -n "${PID_OF[$p]:-}" ]] || continue
+        log "perf record on $p (pid ${PID_OF[$p]}) for ${DURATION}s"
+        perf record -q -F 499 --call-graph dwarf,16384 -o "$PERF_DIR/$p.perf.data" -p "${PID_OF[$p]}" -- sleep "$((DURATION + 1))" 2>/dev/null &
+        perf_pid=$!
+        PIDS+=("$perf_pid")
+        sleep 0.5
+        run_wrk "$p" "$DURATION" >/dev/null
+        wait "$perf_pid" || true
+        log "profile in $PERF_DIR (perf report -i $PERF_DIR/$p.perf.data --no-children)"
+    done
 fi
 
 echo "($RUNS runs of ${DURATION}s, $CONNECTIONS connections, mix of $MIX_TOTAL requests with $MIX_ATTACKS attacks," \

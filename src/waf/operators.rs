@@ -84,6 +84,28 @@ enum StrOp {
     Within,
 }
 
+/// A numeric comparison against a constant (`Operator::num_test`).
+#[derive(Debug, Clone, Copy)]
+pub struct NumTest {
+    op: NumOp,
+    rhs: i64,
+    negated: bool,
+}
+
+impl NumTest {
+    /// What `Operator::matches` answers for `input`, negation applied.
+    pub fn test(&self, input: &[u8]) -> bool {
+        let hit = match self.op {
+            NumOp::Eq => stoi(input) == self.rhs,
+            NumOp::Ge => atoll(input) >= self.rhs,
+            NumOp::Gt => atoll(input) > self.rhs,
+            NumOp::Le => atoll(input) <= self.rhs,
+            NumOp::Lt => atoll(input) < self.rhs,
+        };
+        hit != self.negated
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum NumOp {
     Eq,
@@ -257,7 +279,6 @@ impl Operator {
         })
     }
 
-    /// True for a regex only the bounded backtracking engine can run (listed at start-up).
     /// Whether the result depends on the input alone (no macros in the parameter), so it may
     /// be remembered per value.
     pub fn is_pure(&self) -> bool {
@@ -268,6 +289,23 @@ impl Operator {
         }
     }
 
+    /// For `@eq/@ge/@gt/@le/@lt` with a constant parameter: the comparison with the
+    /// parameter read once, as `matches` would read it on every call.
+    pub fn num_test(&self) -> Option<NumTest> {
+        match &self.kind {
+            Kind::Num(op, param, false) => Some(NumTest {
+                op: *op,
+                rhs: match op {
+                    NumOp::Eq => stoi(param.as_bytes()),
+                    _ => atoll(param.as_bytes()),
+                },
+                negated: self.negated,
+            }),
+            _ => None,
+        }
+    }
+
+    /// True for a regex only the bounded backtracking engine can run (listed at start-up).
     pub fn uses_backtracking(&self) -> bool {
         matches!(self.kind, Kind::Rx(Re::Backtracking(_)))
     }
@@ -679,7 +717,7 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 /// The leading integer as C's `strtoll` reads it (blanks, sign, digits; the C string ends at
 /// a NUL), saturating, and whether any digit was read.
 fn strtoll(s: &[u8]) -> (i64, bool) {
-    let s = &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())];
+    // A NUL is neither a blank, a sign nor a digit: reading stops there without a search.
     let s = &s[s.iter().position(|&b| !is_space(b)).unwrap_or(s.len())..];
     let (neg, digits) = match s.first() {
         Some(b'-') => (true, &s[1..]),

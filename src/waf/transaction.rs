@@ -263,6 +263,24 @@ fn ix() -> &'static Ix {
     })
 }
 
+/// Where evaluation goes on after the matched rule at `at` of `phase`: its `skipAfter`
+/// marker, past `skip:N` rules (a chain is one, markers do not count), or the next entry.
+fn next_rule(rules: &RuleSet, phase: u8, at: usize, rule: &Rule) -> usize {
+    let list = &rules.phases[phase as usize];
+    if rule.skip_after.is_some() {
+        return rules.jumps[phase as usize][at] as usize;
+    }
+    let mut at = at + 1;
+    let mut left = rule.skip;
+    while at < list.len() && left > 0 {
+        if matches!(list[at], Entry::Rule(_)) {
+            left -= 1;
+        }
+        at += 1;
+    }
+    at
+}
+
 /// Whether a target of collection `coll` (counted or not) resolves to stored values, or their
 /// keys, that keep their memos through a phase: what `RuleSet::hot` may pass over.
 pub(super) fn quickable(coll: usize) -> bool {
@@ -392,15 +410,26 @@ impl TxIndex {
     }
 }
 
+/// The process's seed for TX key hashes (random: keys may come from requests).
+fn tx_seed() -> foldhash::fast::FixedState {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64)
+    });
+    foldhash::fast::FixedState::with_seed(seed)
+}
+
+/// The hash a transaction files TX variable `key` (lower-case) under, for rules that know
+/// their key at load.
+pub(super) fn tx_key_hash(key: &str) -> u64 {
+    std::hash::BuildHasher::hash_one(&tx_seed(), key.as_bytes())
+}
+
 impl Default for TxIndex {
     fn default() -> Self {
-        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        let seed = *SEED.get_or_init(|| {
-            std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64)
-        });
         TxIndex {
             map: HashMap::with_capacity_and_hasher(128, foldhash::fast::FixedState::with_seed(0)),
-            seed: foldhash::fast::FixedState::with_seed(seed),
+            seed: tx_seed(),
         }
     }
 }
@@ -591,8 +620,13 @@ impl Transaction {
 
     /// Where the TX variable `key` (lower-case) is stored.
     fn tx_pos(&self, key: &str) -> Option<usize> {
+        self.tx_pos_hashed(self.tx_index.hash(key), key)
+    }
+
+    /// `tx_pos` with the key's `tx_key_hash` known.
+    fn tx_pos_hashed(&self, hash: u64, key: &str) -> Option<usize> {
         let coll = &self.colls[ix().tx];
-        let at = *self.tx_index.map.get(&self.tx_index.hash(key))? as usize;
+        let at = *self.tx_index.map.get(&hash)? as usize;
         if coll.get(at).is_some_and(|(k, _)| k == key) {
             return Some(at);
         }
@@ -1092,11 +1126,8 @@ impl Transaction {
             let mut n = 0usize;
             self.select(var, rule, excl, extra, &mut |_, _, _| n += 1);
             // Counted on most requests (`&ARGS`, `&TX:x`): formatted without an allocation.
-            let mut buf = [0u8; 20];
-            let mut w = &mut buf[..];
-            let _ = std::io::Write::write_fmt(&mut w, format_args!("{n}"));
-            let len = 20 - w.len();
-            f("", &buf[..len], None);
+            let mut buf = itoa::Buffer::new();
+            f("", buf.format(n).as_bytes(), None);
         } else {
             self.select(var, rule, excl, extra, f);
         }
@@ -1291,6 +1322,33 @@ impl Transaction {
             // A first link that cannot match any value of its targets: the rule is passed over
             // on the packed table alone.
             let hot = rules.hot[phase as usize][at];
+            if hot.gate > 0
+                && self.removed_targets.is_empty()
+                && self.removed_targets_tag.is_empty()
+            {
+                let g = &rules.gates[hot.gate as usize - 1];
+                self.matched.clear();
+                if self.removed(rule) {
+                    at += 1;
+                    continue;
+                }
+                let tx = &self.colls[ix().tx];
+                let Some(v) = self
+                    .tx_pos_hashed(g.hash, &g.key)
+                    .map(|p| &tx[p].1)
+                    .filter(|v| g.test.test(v))
+                else {
+                    at += 1;
+                    continue;
+                };
+                // MATCHED_VAR as the general path leaves it; `pass` and `nolog` do nothing.
+                let m = self.matched.next();
+                m.name.push_str("TX:");
+                m.name.push_str(&g.key);
+                m.value.extend_from_slice(v);
+                at = next_rule(&rules, phase, at, rule);
+                continue;
+            }
             if hot.len > 0 {
                 let colls = &rules.hot_targets[hot.start as usize..][..hot.len as usize];
                 if colls
@@ -1314,21 +1372,7 @@ impl Transaction {
             if self.intervention.is_some() || self.allow.is_some() || self.mode == Mode::Off {
                 break;
             }
-            if rule.skip_after.is_some() {
-                at = rules.jumps[phase as usize][at] as usize;
-            } else if rule.skip > 0 {
-                // `skip:N` counts rules (a chain is one), not markers.
-                let mut left = rule.skip;
-                at += 1;
-                while at < list.len() && left > 0 {
-                    if matches!(list[at], Entry::Rule(_)) {
-                        left -= 1;
-                    }
-                    at += 1;
-                }
-            } else {
-                at += 1;
-            }
+            at = next_rule(&rules, phase, at, rule);
         }
         self.intervention.clone()
     }
@@ -1584,7 +1628,8 @@ impl Transaction {
                     } else {
                         cur.saturating_sub(d)
                     };
-                    n.to_string()
+                    // The anomaly scores are added to on every match: no `fmt` machinery.
+                    itoa::Buffer::new().format(n).to_string()
                 }
             };
             if tx {
@@ -1756,6 +1801,31 @@ mod tests {
         t.add_header("User-Agent", b"test");
         t.process_request_headers()
             .or_else(|| t.process_request_body())
+    }
+
+    #[test]
+    fn numeric_tx_gates_jump_as_the_general_path_does() {
+        // Rules 2, 4 and 6 are gates (evaluated without the general path). Expected: 2
+        // matches and jumps over 3; 4 has no value to test (no TX:nope) and does not jump; 6
+        // matches (1 is not 2) and skips 5; 7 denies.
+        let rules = r#"
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.level=1"
+SecRule TX:LEVEL "@lt 3" "id:2,phase:1,pass,nolog,skipAfter:END-2"
+SecAction "id:3,phase:1,deny,status:401"
+SecMarker END-2
+SecRule TX:nope "!@eq 1" "id:4,phase:1,pass,nolog,skipAfter:END-4"
+SecRule TX:level "!@eq 2" "id:6,phase:1,pass,nolog,skip:1"
+SecAction "id:5,phase:1,deny,status:402"
+SecAction "id:7,phase:1,deny,status:406"
+SecMarker END-4
+"#;
+        let set = RuleSet::parse(rules).expect("rules load");
+        assert_eq!(set.gates.len(), 3, "rules 2, 4 and 6 are gates");
+        let mut t = Transaction::new(Arc::new(set), Mode::On, "t1");
+        assert_eq!(
+            get(&mut t, "/").map(|i| (i.status, i.rule_id)),
+            Some((406, 7))
+        );
     }
 
     #[test]
