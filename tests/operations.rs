@@ -132,12 +132,18 @@ fn twenty_reloads_under_load_fail_no_request() {
         stats.failures.len(),
         &stats.failures[..stats.failures.len().min(5)]
     );
-    // The last configuration is the one in force: only `c` serves `stable` now.
-    let hits_c = c.hits();
+    // The last configuration is the one in force: only `c` serves `stable` now. (A load
+    // request the client gave up on may still reach `c` late, so `c` counts at least 5.)
+    let (hits_a, hits_b, hits_c) = (a.hits(), b.hits(), c.hits());
     for _ in 0..5 {
         assert_eq!(g.get("stable.gov.vn", "/").backend(), Some("c"));
     }
-    assert_eq!(c.hits(), hits_c + 5);
+    assert!(c.hits() >= hits_c + 5, "c served {}", c.hits() - hits_c);
+    assert_eq!(
+        (a.hits(), b.hits()),
+        (hits_a, hits_b),
+        "a and b no longer serve stable"
+    );
     assert!(g.log_text().matches("event=config_reload ").count() >= 20);
 }
 
