@@ -484,7 +484,23 @@ fn plain_node(redis: &Redis, node: &str, backend: SocketAddr) -> Gateway {
     plain_node_with(redis, node, backend, "")
 }
 
+/// `plain_node` whose Redis calls may take up to 2 s: for a test that counts on every decision
+/// reaching Redis (with the usual 50 ms, a busy machine sometimes falls back to local counts).
+fn patient_node(redis: &Redis, node: &str, backend: SocketAddr) -> Gateway {
+    node_with_timeout(redis, node, backend, "", "2s")
+}
+
 fn plain_node_with(redis: &Redis, node: &str, backend: SocketAddr, cluster: &str) -> Gateway {
+    node_with_timeout(redis, node, backend, cluster, "50ms")
+}
+
+fn node_with_timeout(
+    redis: &Redis,
+    node: &str,
+    backend: SocketAddr,
+    cluster: &str,
+    timeout: &str,
+) -> Gateway {
     let listen = free_addr("127.0.0.1");
     let admin = free_addr("127.0.0.1");
     let mut main = base_config(listen, admin, "trusted_proxies = [\"127.0.0.1\"]");
@@ -492,7 +508,10 @@ fn plain_node_with(redis: &Redis, node: &str, backend: SocketAddr, cluster: &str
         "[[admin.token]]\nname = \"tests\"\nsha256 = \"{}\"\n\n[bans]\nafter = 3\nwithin = \"1m\"\nban_for = \"1h\"\n\n[cache]\n",
         sha256_hex(TOKEN)
     ));
-    main.push_str(&cluster_section(redis, node));
+    main.push_str(
+        &cluster_section(redis, node)
+            .replace("timeout = \"50ms\"", &format!("timeout = \"{timeout}\"")),
+    );
     main.push_str(cluster);
     let t = tenant("t", &["t.gov.vn"], &[backend], "")
         + "\n[cache]\nenabled = true\n\n[[limits.rate]]\nname = \"shared\"\nrequests = 4\nper = \"1h\"\nscope = \"cluster\"\npaths = [\"/limited/**\"]\n\n[[limits.rate]]\nname = \"own\"\nrequests = 2\nper = \"1h\"\npaths = [\"/local/**\"]\n";
@@ -570,8 +589,8 @@ fn within(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration 
 fn limits_bans_and_purges_are_shared_between_nodes() {
     let redis = Redis::start();
     let b = Backend::start("b", "127.0.0.1");
-    let ga = plain_node(&redis, "a", b.addr);
-    let gb = plain_node(&redis, "b", b.addr);
+    let ga = patient_node(&redis, "a", b.addr);
+    let gb = patient_node(&redis, "b", b.addr);
     for g in [&ga, &gb] {
         wait_until("connected to redis", Duration::from_secs(10), || {
             metric(g.admin, "cong_cluster_up") == 1.0
