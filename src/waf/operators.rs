@@ -95,14 +95,29 @@ pub struct NumTest {
 impl NumTest {
     /// What `Operator::matches` answers for `input`, negation applied.
     pub fn test(&self, input: &[u8]) -> bool {
-        let hit = match self.op {
-            NumOp::Eq => stoi(input) == self.rhs,
-            NumOp::Ge => atoll(input) >= self.rhs,
-            NumOp::Gt => atoll(input) > self.rhs,
-            NumOp::Le => atoll(input) <= self.rhs,
-            NumOp::Lt => atoll(input) < self.rhs,
-        };
-        hit != self.negated
+        self.op.compare(input, self.rhs) != self.negated
+    }
+}
+
+impl NumOp {
+    /// A parameter read as this comparison reads it: `std::stoi` for `@eq`, else `atoll`.
+    fn read(self, s: &[u8]) -> i64 {
+        match self {
+            NumOp::Eq => stoi(s),
+            _ => atoll(s),
+        }
+    }
+
+    /// `input` (read as the parameter is) against the read parameter.
+    fn compare(self, input: &[u8], rhs: i64) -> bool {
+        let lhs = self.read(input);
+        match self {
+            NumOp::Eq => lhs == rhs,
+            NumOp::Ge => lhs >= rhs,
+            NumOp::Gt => lhs > rhs,
+            NumOp::Le => lhs <= rhs,
+            NumOp::Lt => lhs < rhs,
+        }
     }
 }
 
@@ -295,10 +310,7 @@ impl Operator {
         match &self.kind {
             Kind::Num(op, param, false) => Some(NumTest {
                 op: *op,
-                rhs: match op {
-                    NumOp::Eq => stoi(param.as_bytes()),
-                    _ => atoll(param.as_bytes()),
-                },
+                rhs: op.read(param.as_bytes()),
                 negated: self.negated,
             }),
             _ => None,
@@ -393,14 +405,7 @@ impl Operator {
             }
             Kind::Num(op, param, dynamic) => {
                 let p = expand(param, *dynamic, macros);
-                let p = p.as_bytes();
-                match op {
-                    NumOp::Eq => stoi(input) == stoi(p),
-                    NumOp::Ge => atoll(input) >= atoll(p),
-                    NumOp::Gt => atoll(input) > atoll(p),
-                    NumOp::Le => atoll(input) <= atoll(p),
-                    NumOp::Lt => atoll(input) < atoll(p),
-                }
+                op.compare(input, op.read(p.as_bytes()))
             }
             Kind::IpMatch(nets) => ip_in(nets, input),
             Kind::ByteRange(allowed) => input.iter().any(|&b| !allowed[usize::from(b)]),

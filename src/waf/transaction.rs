@@ -396,8 +396,8 @@ type ValueSink<'a> = dyn FnMut(&str, &[u8], Option<&MemoCell>) + 'a;
 
 /// TX positions by key hash, seeded per process (a colliding key costs a scan, no more).
 struct TxIndex {
+    /// `tx_key_hash` of a key → its position.
     map: HashMap<u64, u32, foldhash::fast::FixedState>,
-    seed: foldhash::fast::FixedState,
 }
 
 impl TxIndex {
@@ -405,38 +405,25 @@ impl TxIndex {
     fn empty() -> TxIndex {
         TxIndex {
             map: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0)),
-            seed: foldhash::fast::FixedState::with_seed(0),
         }
     }
 }
 
-/// The process's seed for TX key hashes (random: keys may come from requests).
-fn tx_seed() -> foldhash::fast::FixedState {
+/// The hash a transaction files TX variable `key` (lower-case) under; rules that know their
+/// key compute it at load. The seed is random per process: keys may come from requests.
+pub(super) fn tx_key_hash(key: &str) -> u64 {
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let seed = *SEED.get_or_init(|| {
         std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u64)
     });
-    foldhash::fast::FixedState::with_seed(seed)
-}
-
-/// The hash a transaction files TX variable `key` (lower-case) under, for rules that know
-/// their key at load.
-pub(super) fn tx_key_hash(key: &str) -> u64 {
-    std::hash::BuildHasher::hash_one(&tx_seed(), key.as_bytes())
+    std::hash::BuildHasher::hash_one(&foldhash::fast::FixedState::with_seed(seed), key.as_bytes())
 }
 
 impl Default for TxIndex {
     fn default() -> Self {
         TxIndex {
             map: HashMap::with_capacity_and_hasher(128, foldhash::fast::FixedState::with_seed(0)),
-            seed: tx_seed(),
         }
-    }
-}
-
-impl TxIndex {
-    fn hash(&self, key: &str) -> u64 {
-        std::hash::BuildHasher::hash_one(&self.seed, key.as_bytes())
     }
 }
 
@@ -620,7 +607,7 @@ impl Transaction {
 
     /// Where the TX variable `key` (lower-case) is stored.
     fn tx_pos(&self, key: &str) -> Option<usize> {
-        self.tx_pos_hashed(self.tx_index.hash(key), key)
+        self.tx_pos_hashed(tx_key_hash(key), key)
     }
 
     /// `tx_pos` with the key's `tx_key_hash` known.
@@ -659,7 +646,7 @@ impl Transaction {
             Some(at) => self.colls[ix().tx][at].1 = value,
             None => {
                 let coll = &mut self.colls[ix().tx];
-                let h = self.tx_index.hash(&key);
+                let h = tx_key_hash(&key);
                 self.tx_index.map.entry(h).or_insert(coll.len() as u32);
                 coll.push((key, value));
             }
@@ -674,7 +661,7 @@ impl Transaction {
         if coll.len() != before {
             self.tx_index.map.clear();
             for (i, (k, _)) in coll.iter().enumerate() {
-                let h = self.tx_index.hash(k);
+                let h = tx_key_hash(k);
                 self.tx_index.map.entry(h).or_insert(i as u32);
             }
         }
