@@ -223,9 +223,10 @@ fn tls_and_an_acl_user_limited_to_the_prefix_without_dangerous_commands() {
     );
 }
 
-fn cluster_section(redis: &Redis, node: &str) -> String {
+/// `timeout`: how long a Redis call may take before the node decides alone.
+fn cluster_section(redis: &Redis, node: &str, timeout: &str) -> String {
     format!(
-        "\n[cluster]\nredis = [\"{}\"]\nnode = \"{node}\"\nkey_prefix = \"t:\"\nencryption_key = \"{KEY}\"\ntimeout = \"50ms\"\npoll_interval = \"1s\"\n",
+        "\n[cluster]\nredis = [\"{}\"]\nnode = \"{node}\"\nkey_prefix = \"t:\"\nencryption_key = \"{KEY}\"\ntimeout = \"{timeout}\"\npoll_interval = \"1s\"\n",
         redis.addr()
     )
 }
@@ -266,7 +267,7 @@ fn acme_node(redis: &Redis, node: &str, pebble: &Pebble, tenants: &[(&str, &str)
         pebble.directory(),
         pebble.tls_ca_path.display()
     ));
-    main.push_str(&cluster_section(redis, node));
+    main.push_str(&cluster_section(redis, node, "50ms"));
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), &main, tenants);
     AcmeNode {
@@ -508,10 +509,7 @@ fn node_with_timeout(
         "[[admin.token]]\nname = \"tests\"\nsha256 = \"{}\"\n\n[bans]\nafter = 3\nwithin = \"1m\"\nban_for = \"1h\"\n\n[cache]\n",
         sha256_hex(TOKEN)
     ));
-    main.push_str(
-        &cluster_section(redis, node)
-            .replace("timeout = \"50ms\"", &format!("timeout = \"{timeout}\"")),
-    );
+    main.push_str(&cluster_section(redis, node, timeout));
     main.push_str(cluster);
     let t = tenant("t", &["t.gov.vn"], &[backend], "")
         + "\n[cache]\nenabled = true\n\n[[limits.rate]]\nname = \"shared\"\nrequests = 4\nper = \"1h\"\nscope = \"cluster\"\npaths = [\"/limited/**\"]\n\n[[limits.rate]]\nname = \"own\"\nrequests = 2\nper = \"1h\"\npaths = [\"/local/**\"]\n";
