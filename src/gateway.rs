@@ -655,6 +655,9 @@ pub struct Gateway {
     pub ready: Arc<AtomicBool>,
     /// Main configuration file; `None` for the built-in configuration.
     pub source: Option<std::path::PathBuf>,
+    /// The configuration files as they were just before the snapshot in force (or the last
+    /// failed attempt) read them; `None` for the built-in configuration.
+    applied_files: std::sync::Mutex<Option<crate::reload::Fingerprint>>,
     reload_lock: std::sync::Mutex<()>,
     /// Maintenance windows created through the admin API.
     pub maintenance: crate::maintenance::ApiWindows,
@@ -664,10 +667,15 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(snapshot: Snapshot) -> Arc<Gateway> {
-        Self::with_source(snapshot, None)
+        Self::with_source(snapshot, None, Vec::new())
     }
 
-    pub fn with_source(snapshot: Snapshot, source: Option<std::path::PathBuf>) -> Arc<Gateway> {
+    /// A gateway whose configuration was read from `source` when its files looked like `files`.
+    pub fn with_source(
+        snapshot: Snapshot,
+        source: Option<std::path::PathBuf>,
+        files: crate::reload::Fingerprint,
+    ) -> Arc<Gateway> {
         let maintenance = crate::maintenance::ApiWindows::load(snapshot.settings.state_dir.clone());
         crate::metrics::get()
             .tenants
@@ -683,6 +691,7 @@ impl Gateway {
             availability,
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: Arc::new(AtomicBool::new(false)),
+            applied_files: std::sync::Mutex::new(source.is_some().then_some(files)),
             source,
             reload_lock: std::sync::Mutex::new(()),
             maintenance,
@@ -692,6 +701,14 @@ impl Gateway {
     /// The snapshot in force; hold the `Arc` for the whole request.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The configuration files as last read by start-up or a reload.
+    pub fn applied_files(&self) -> Option<crate::reload::Fingerprint> {
+        self.applied_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces the snapshot; requests already running keep the old one.
@@ -717,7 +734,14 @@ impl Gateway {
             }
         };
         let built = match &self.source {
-            Some(p) => Config::load(p).and_then(|c| Snapshot::build(&c)),
+            Some(p) => {
+                // Recorded whatever the outcome, so a broken file is not retried on every poll
+                // but its next edit is.
+                let files = crate::reload::config_fingerprint(p);
+                let built = Config::load(p).and_then(|c| Snapshot::build(&c));
+                *self.applied_files.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);
+                built
+            }
             None => Config::builtin().and_then(|c| Snapshot::build(&c)),
         };
         let mut next = match built {

@@ -6,6 +6,7 @@ use crate::gateway::Gateway;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,13 +22,17 @@ pub struct Reloader {
     pub gateway: Arc<Gateway>,
 }
 
-/// Names, sizes and modification times of the main file and the tenant files: changes when any
-/// of them is added, removed or written.
-pub fn config_fingerprint(main: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+/// Names, sizes, inodes and modification times of the main file and the tenant files: changes
+/// when any of them is added, removed, written or replaced (the inode catches a file renamed
+/// into place within the file system's timestamp granularity).
+pub type Fingerprint = Vec<(PathBuf, u64, u64, Option<SystemTime>)>;
+
+/// The [`Fingerprint`] of the configuration rooted at `main`, as the files are now.
+pub fn config_fingerprint(main: &Path) -> Fingerprint {
     let mut out = Vec::new();
     let mut add = |p: PathBuf| {
         if let Ok(m) = std::fs::metadata(&p) {
-            out.push((p, m.len(), m.modified().ok()));
+            out.push((p, m.len(), m.ino(), m.modified().ok()));
         }
     };
     add(main.to_path_buf());
@@ -105,16 +110,15 @@ impl BackgroundService for Reloader {
             }
         };
         let source = self.gateway.source.clone();
-        let mut applied = source.as_deref().map(config_fingerprint);
         let mut pending: Option<Vec<_>> = None;
-        let mut quick = source.as_deref().map(quick_fingerprint);
+        // None: the first poll compares the full fingerprint with what the gateway read.
+        let mut quick = None;
         let mut polls: u32 = 0;
         let mut ticker = tokio::time::interval(POLL);
         loop {
             tokio::select! {
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => {
                     self.reload("sighup").await;
-                    applied = source.as_deref().map(config_fingerprint);
                     pending = None;
                 }
                 _ = ticker.tick() => {
@@ -130,7 +134,10 @@ impl BackgroundService for Reloader {
                         continue;
                     }
                     let now = config_fingerprint(path);
-                    if Some(&now) == applied.as_ref() {
+                    // Compared with what the gateway last read (at start-up, or by any reload
+                    // trigger), not with what this loop saw when it started: a file changed
+                    // between the gateway reading it and this service starting is a change.
+                    if self.gateway.applied_files().as_ref() == Some(&now) {
                         pending = None;
                         continue;
                     }
@@ -138,7 +145,6 @@ impl BackgroundService for Reloader {
                     // editor or Ansible writing several files triggers one reload.
                     if pending.as_ref() == Some(&now) {
                         self.reload("file_change").await;
-                        applied = Some(now);
                         pending = None;
                     } else {
                         pending = Some(now);

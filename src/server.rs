@@ -59,7 +59,7 @@ pub fn run(cfg: Config, upgrade: bool) -> anyhow::Result<()> {
     if !upgrade {
         check_binds(&settings.listen, settings.admin)?;
     }
-    let gateway = Gateway::with_source(snapshot, cfg.source_path());
+    let gateway = Gateway::with_source(snapshot, cfg.source_path(), cfg.files.clone());
     let config_path = cfg.main_source.path.clone();
     // The parsed files are not needed once the snapshot exists (and `run_forever` never
     // returns): with 10,000 tenants they are tens of MB.

@@ -147,6 +147,10 @@ pub struct Config {
     pub base_dir: PathBuf,
     /// True when this is the configuration compiled into the binary.
     pub builtin: bool,
+    /// Names, sizes and modification times of the files as they were just before they were
+    /// read: the file watcher compares against this, so a change made while the files were
+    /// being read is still seen as a change.
+    pub files: crate::reload::Fingerprint,
 }
 
 impl Config {
@@ -172,12 +176,14 @@ impl Config {
             tenants,
             base_dir: PathBuf::from("."),
             builtin: true,
+            files: Vec::new(),
         };
         Ok(cfg)
     }
 
     /// Reads the main file and every `*.toml` in its tenants directory, then validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let files = crate::reload::config_fingerprint(path);
         let main_source = read_source(path)?;
         let main: MainConfig = main_source.parse()?;
         let base_dir = path
@@ -224,6 +230,7 @@ impl Config {
             tenants,
             base_dir,
             builtin: false,
+            files,
         };
         Ok(cfg)
     }
