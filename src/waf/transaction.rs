@@ -114,6 +114,9 @@ pub struct Transaction {
     tx_index: TxIndex,
     /// Emptied TX entries to fill before allocating new ones (see `Buffers`).
     tx_spare: Vec<(String, Vec<u8>)>,
+    /// Bit d set when TX has the key `d` (a capture): a rule that captures fewer groups than
+    /// an earlier one clears the rest, and most captures are of one group.
+    tx_digits: u16,
     pub matches: Vec<Match>,
     pub intervention: Option<Intervention>,
     /// True when a disruptive rule matched while the engine only detects.
@@ -122,11 +125,18 @@ pub struct Transaction {
     oversize: bool,
 }
 
+/// The index of variable `name` in `VARIABLES`. Hashed: the request set-up names a dozen
+/// scalars per request, and a scan of the table cost more than filling them.
 fn vi(name: &str) -> usize {
-    VARIABLES
-        .iter()
-        .position(|v| *v == name)
-        .unwrap_or_else(|| panic!("variable {name} missing from VARIABLES"))
+    find_variable(name).unwrap_or_else(|| panic!("variable {name} missing from VARIABLES"))
+}
+
+/// `vi` for a name that may not be a variable (upper-case, as `VARIABLES` spells them).
+fn find_variable(name: &str) -> Option<usize> {
+    static BY_NAME: std::sync::OnceLock<HashMap<&'static str, usize>> = std::sync::OnceLock::new();
+    let by_name =
+        BY_NAME.get_or_init(|| VARIABLES.iter().enumerate().map(|(i, v)| (*v, i)).collect());
+    by_name.get(name).copied()
 }
 
 /// Indexes of the variables the transaction treats specially, and per-variable properties,
@@ -387,6 +397,14 @@ fn text_of(v: &[u8]) -> Cow<'_, str> {
 /// The TX keys of a match's capture groups.
 const CAPTURE_KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
+/// The `tx_digits` bit of TX key `key`: set for the capture keys `0`..`9`.
+fn digit_bit(key: &str) -> u16 {
+    match key.as_bytes() {
+        [d @ b'0'..=b'9'] => 1 << (d - b'0'),
+        _ => 0,
+    }
+}
+
 /// Where a stored value's memo is kept once a rule needs it.
 type MemoCell = OnceLock<Arc<ValueMemo>>;
 
@@ -569,6 +587,7 @@ impl Transaction {
             all_miss: b.all_miss,
             tx_index: b.tx_index,
             tx_spare: b.tx_spare,
+            tx_digits: 0,
             matches: Vec::new(),
             intervention: None,
             would_block: None,
@@ -621,9 +640,11 @@ impl Transaction {
         coll.iter().position(|(k, _)| k == key)
     }
 
-    /// Sets TX variable `key` (lower-case), reusing the old value's buffer.
+    /// Sets TX variable `key` (lower-case), reusing the old value's buffer. The key is hashed
+    /// once: the CRS set-up rules create ~60 TX variables on every request.
     fn tx_set(&mut self, key: &str, value: &[u8]) {
-        match self.tx_pos(key) {
+        let hash = tx_key_hash(key);
+        match self.tx_pos_hashed(hash, key) {
             Some(at) => {
                 let v = &mut self.colls[ix().tx][at].1;
                 v.clear();
@@ -633,24 +654,28 @@ impl Transaction {
                 Some((mut k, mut v)) => {
                     k.push_str(key);
                     v.extend_from_slice(value);
-                    self.tx_put(k, v);
+                    self.tx_push(hash, k, v);
                 }
-                None => self.tx_put(key.to_string(), value.to_vec()),
+                None => self.tx_push(hash, key.to_string(), value.to_vec()),
             },
         }
     }
 
     /// Sets TX variable `key` (lower-case).
     fn tx_put(&mut self, key: String, value: Vec<u8>) {
-        match self.tx_pos(&key) {
+        let hash = tx_key_hash(&key);
+        match self.tx_pos_hashed(hash, &key) {
             Some(at) => self.colls[ix().tx][at].1 = value,
-            None => {
-                let coll = &mut self.colls[ix().tx];
-                let h = tx_key_hash(&key);
-                self.tx_index.map.entry(h).or_insert(coll.len() as u32);
-                coll.push((key, value));
-            }
+            None => self.tx_push(hash, key, value),
         }
+    }
+
+    /// Adds TX variable `key`, known to be absent, whose `tx_key_hash` is `hash`.
+    fn tx_push(&mut self, hash: u64, key: String, value: Vec<u8>) {
+        let coll = &mut self.colls[ix().tx];
+        self.tx_index.map.entry(hash).or_insert(coll.len() as u32);
+        self.tx_digits |= digit_bit(&key);
+        coll.push((key, value));
     }
 
     /// Removes TX variables (rare: positions are indexed again).
@@ -660,6 +685,7 @@ impl Transaction {
         coll.retain(|(k, _)| keep(k));
         if coll.len() != before {
             self.tx_index.map.clear();
+            self.tx_digits = coll.iter().fold(0, |d, (k, _)| d | digit_bit(k));
             for (i, (k, _)) in coll.iter().enumerate() {
                 let h = tx_key_hash(k);
                 self.tx_index.map.entry(h).or_insert(i as u32);
@@ -1004,7 +1030,8 @@ impl Transaction {
         while let Some(start) = macro_at(rest) {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
-            let Some(end) = after.find('}') else {
+            // A byte scan: macro names are a few bytes long, too short for a searcher.
+            let Some(end) = after.bytes().position(|b| b == b'}') else {
                 out.push_str(&rest[start..]);
                 rest = "";
                 break;
@@ -1080,7 +1107,7 @@ impl Transaction {
                 _ => String::new(),
             };
         }
-        let Some(ci) = VARIABLES.iter().position(|v| *v == upper) else {
+        let Some(ci) = find_variable(&upper) else {
             return String::new();
         };
         let var = Var {
@@ -1383,7 +1410,7 @@ impl Transaction {
                 if link.capture && !hit.caps.is_empty() {
                     let n = hit.caps.len().min(10);
                     // TX:0..n-1 from this match, and none left over from an earlier one.
-                    if (n..10).any(|d| self.tx_pos(CAPTURE_KEYS[d]).is_some()) {
+                    if self.tx_digits >> n != 0 {
                         self.tx_retain(|k| {
                             !(k.len() == 1 && k.as_bytes()[0].is_ascii_digit())
                                 || usize::from(k.as_bytes()[0] - b'0') < n
@@ -1572,9 +1599,14 @@ impl Transaction {
     fn link_actions(&mut self, starter: &Rule, link: &Rule) {
         for sv in &link.setvars {
             // Names are mostly plain lower-case text: no copy then.
-            let name = match self.expand(Some(starter), &sv.name) {
-                Cow::Borrowed(n) if !n.bytes().any(|b| b.is_ascii_uppercase()) => Cow::Borrowed(n),
-                n => Cow::Owned(n.to_ascii_lowercase()),
+            let name = match &sv.plain_name {
+                Some(n) => Cow::Borrowed(n.as_str()),
+                None => match self.expand(Some(starter), &sv.name) {
+                    Cow::Borrowed(n) if !n.bytes().any(|b| b.is_ascii_uppercase()) => {
+                        Cow::Borrowed(n)
+                    }
+                    n => Cow::Owned(n.to_ascii_lowercase()),
+                },
             };
             let ci = match sv.coll.as_str() {
                 "tx" => ix().tx,
@@ -1594,13 +1626,21 @@ impl Transaction {
                     continue;
                 }
                 SetOp::Set(v) if tx => {
-                    let v = self.expand(Some(starter), v);
+                    let v = match sv.plain_value {
+                        true => Cow::Borrowed(v.as_str()),
+                        false => self.expand(Some(starter), v),
+                    };
                     self.tx_set(&name, v.as_bytes());
                     continue;
                 }
                 SetOp::Set(v) => self.expand(Some(starter), v).into_owned(),
                 SetOp::Add(v) | SetOp::Sub(v) => {
-                    let d: i64 = self.expand(Some(starter), v).trim().parse().unwrap_or(0);
+                    // Mostly one TX macro (`+%{tx.critical_anomaly_score}`): read in place.
+                    let d: i64 = self
+                        .expand_view(Some(starter), v)
+                        .trim()
+                        .parse()
+                        .unwrap_or(0);
                     let cur = if tx {
                         self.tx_pos(&name).map(|at| &self.colls[ci][at])
                     } else {
