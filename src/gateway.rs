@@ -703,12 +703,14 @@ impl Gateway {
         self.snapshot.load_full()
     }
 
-    /// The configuration files as last read by start-up or a reload.
-    pub fn applied_files(&self) -> Option<crate::reload::Fingerprint> {
+    /// Whether the configuration files look as they did when start-up or the last reload read
+    /// them (compared in place: with thousands of tenants the fingerprint is large).
+    pub fn files_applied(&self, now: &crate::reload::Fingerprint) -> bool {
         self.applied_files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .as_ref()
+            == Some(now)
     }
 
     /// Replaces the snapshot; requests already running keep the old one.

@@ -137,7 +137,7 @@ impl BackgroundService for Reloader {
                     // Compared with what the gateway last read (at start-up, or by any reload
                     // trigger), not with what this loop saw when it started: a file changed
                     // between the gateway reading it and this service starting is a change.
-                    if self.gateway.applied_files().as_ref() == Some(&now) {
+                    if self.gateway.files_applied(&now) {
                         pending = None;
                         continue;
                     }
