@@ -121,6 +121,51 @@ fn block_mode_refuses_attacks_in_query_and_body_and_passes_citizens() {
 }
 
 #[test]
+fn small_bodies_are_inspected_before_the_backend_sees_the_request() {
+    use std::io::Write;
+    if !crs_installed() {
+        return;
+    }
+    let b = Backend::start("portal", "127.0.0.1");
+    let g = start("\n[waf]\nmode = \"block\"\nparanoia = 1\n", &b);
+    let mut s = std::net::TcpStream::connect(g.listen).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut post = |body: &str| {
+        let req = format!(
+            "POST /gop-y HTTP/1.1\r\nHost: sotp.gov.vn\r\nUser-Agent: Mozilla/5.0\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        read_response(s.try_clone().unwrap(), false).unwrap()
+    };
+    // A citizen's form reaches the backend byte for byte.
+    let form = "ho_ten=Tr%E1%BA%A7n+Th%E1%BB%8B+B%C3%ACnh&ngay=2026-11-25&ghi_chu=N%E1%BB%99p+h%E1%BB%93+s%C6%A1";
+    let r = post(form);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body
+            .contains(&format!("body_fnv={:016x}", fnv1a(form.as_bytes()))),
+        "{}",
+        r.body
+    );
+    // An attack in a form is refused before the request goes upstream at all (the backend
+    // counts every request whose headers it reads), and the connection stays open.
+    let heads = b.heads();
+    let r = post("ho_ten=A&noi_dung=%3Cscript%3Ealert(document.cookie)%3C%2Fscript%3E");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_ne!(r.header("connection"), Some("close"));
+    let r = post(form);
+    assert_eq!(r.status, 200, "the same connection goes on: {}", r.body);
+    assert_eq!(
+        b.heads(),
+        heads + 1,
+        "the refused request never reached the backend"
+    );
+}
+
+#[test]
 fn detect_mode_logs_but_lets_requests_through() {
     if !crs_installed() {
         return;
@@ -323,10 +368,11 @@ fn a_broken_rule_file_on_reload_keeps_the_running_rules() {
     assert_eq!(send(&g, "GET", "/?thu=khac", "", "").status, 200);
 }
 
-/// A refused body may be half read, so the connection closes, and the 403 says so; a refused
-/// request without a body keeps the connection.
+/// A refused streamed body (chunked: its length is not known in advance) may be half read, so
+/// the connection closes, and the 403 says so; a refused request without a body keeps the
+/// connection (as does a small body of known length, read whole before it is inspected).
 #[test]
-fn refused_bodies_close_the_connection_honestly() {
+fn refused_streamed_bodies_close_the_connection_honestly() {
     use std::io::{Read, Write};
     if !crs_installed() {
         return;
@@ -351,7 +397,7 @@ fn refused_bodies_close_the_connection_honestly() {
     };
     let body = "noi_dung=%3Cscript%3Ealert(document.cookie)%3C%2Fscript%3E";
     let h = head(&format!(
-        "POST /gop-y HTTP/1.1\r\nHost: sotp.gov.vn\r\nUser-Agent: Mozilla/5.0\r\nAccept: text/html\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /gop-y HTTP/1.1\r\nHost: sotp.gov.vn\r\nUser-Agent: Mozilla/5.0\r\nAccept: text/html\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
         body.len()
     ));
     assert!(h.starts_with("http/1.1 403"), "{h}");

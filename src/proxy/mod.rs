@@ -77,6 +77,8 @@ pub struct Ctx {
     waf: Option<Box<crate::waf::Transaction>>,
     waf_held: Vec<bytes::Bytes>,
     waf_held_bytes: usize,
+    /// The body was read, counted and inspected in request_filter (see `prefetchable`).
+    body_prefetched: bool,
     /// The WAF's verdict when it refused the request, its score and matched rules (for logs).
     waf_block: Option<crate::waf::Intervention>,
     waf_score: Option<i32>,
@@ -177,6 +179,7 @@ impl ProxyHttp for Proxy {
             waf: None,
             waf_held: Vec::new(),
             waf_held_bytes: 0,
+            body_prefetched: false,
             waf_block: None,
             waf_score: None,
             waf_rules: Vec::new(),
@@ -396,7 +399,27 @@ impl ProxyHttp for Proxy {
                     && !t.refuse_oversize(announced.unwrap_or(0))
                     && t.wants_body()
                 {
-                    ctx.waf = Some(Box::new(t));
+                    if !prefetchable(req, announced, t.inspect_limit()) {
+                        ctx.waf = Some(Box::new(t));
+                    } else {
+                        // A small body with a known length is read here, before any backend
+                        // sees the request: a refused one never reaches it and the client's
+                        // connection stays open. Pingora's retry buffer holds the bytes and
+                        // sends them on once the request goes upstream.
+                        session.enable_retry_buffering();
+                        while let Some(chunk) = session.read_request_body().await? {
+                            count_body(ctx, chunk.len())?;
+                            t.feed_body(&chunk);
+                        }
+                        ctx.body_prefetched = true;
+                        if !t.refuse_oversize(ctx.body_bytes) {
+                            t.process_request_body();
+                        }
+                        if let Some(i) = self.waf_verdict(ctx, &t) {
+                            return waf_refuse(session, ctx, i).await;
+                        }
+                        keep_for_response(ctx, Box::new(t));
+                    }
                 } else {
                     if t.intervention.is_none() {
                         t.process_request_body();
@@ -447,20 +470,11 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // Slow uploads hold a connection and a backend slot: enforce the minimum body rate.
-        let started = *ctx.body_started.get_or_insert_with(Instant::now);
-        ctx.body_bytes += body.as_ref().map(|b| b.len() as u64).unwrap_or(0);
-        if let Some(l) = &ctx.body_limit {
-            if l.exceeded(ctx.body_bytes, ctx.tenant_id(), ctx.client_ip, ctx.country) {
-                ctx.body_limit = None;
-                return Error::e_explain(HTTPStatus(413), "request body over max_body_bytes");
-            }
+        if ctx.body_prefetched {
+            // Read, counted and inspected in request_filter; this is the retry buffer.
+            return Ok(());
         }
-        if let Some(s) = &ctx.snapshot {
-            if limits::conn::body_too_slow(&s.limits.conn, started, ctx.body_bytes) {
-                return Error::e_explain(HTTPStatus(408), "request body slower than min_body_rate");
-            }
-        }
+        count_body(ctx, body.as_ref().map_or(0, |b| b.len()))?;
         // WAF phase 2: hold the body back (an empty chunk sends nothing upstream) until it is
         // complete or the inspection limit is reached, then inspect it and let it go on.
         if let Some(t) = ctx.waf.as_mut() {
@@ -943,6 +957,35 @@ impl Proxy {
         );
         Some(i)
     }
+}
+
+/// Counts request body bytes against the access rule's body limit and the minimum body rate
+/// (slow uploads hold a connection and a backend slot).
+fn count_body(ctx: &mut Ctx, n: usize) -> Result<()> {
+    let started = *ctx.body_started.get_or_insert_with(Instant::now);
+    ctx.body_bytes += n as u64;
+    if let Some(l) = &ctx.body_limit {
+        if l.exceeded(ctx.body_bytes, ctx.tenant_id(), ctx.client_ip, ctx.country) {
+            ctx.body_limit = None;
+            return Error::e_explain(HTTPStatus(413), "request body over max_body_bytes");
+        }
+    }
+    if let Some(s) = &ctx.snapshot {
+        if limits::conn::body_too_slow(&s.limits.conn, started, ctx.body_bytes) {
+            return Error::e_explain(HTTPStatus(408), "request body slower than min_body_rate");
+        }
+    }
+    Ok(())
+}
+
+/// Whether the WAF reads a request's body before the request goes upstream: a length that is
+/// announced, inspected whole and fits pingora's retry buffer, no chunked encoding, and no
+/// `Expect: 100-continue` (that client waits for the backend's go-ahead).
+fn prefetchable(req: &RequestHeader, announced: Option<u64>, inspect: usize) -> bool {
+    const RETRY_BUFFER: u64 = 64 * 1024;
+    announced.is_some_and(|n| n <= RETRY_BUFFER.min(inspect as u64))
+        && !req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && !req.headers.contains_key(http::header::EXPECT)
 }
 
 /// Keeps a transaction whose request phases passed for the response phases, when the tenant

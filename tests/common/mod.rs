@@ -80,7 +80,8 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
-    hits: Arc<AtomicU64>,
+    /// Requests answered, and requests whose head arrived (health checks apart).
+    hits: Arc<[AtomicU64; 2]>,
     health_hits: Arc<AtomicU64>,
     healthy: Arc<AtomicBool>,
     rt: Option<tokio::runtime::Runtime>,
@@ -144,7 +145,7 @@ impl Backend {
             .enable_all()
             .build()
             .unwrap();
-        let hits = Arc::new(AtomicU64::new(0));
+        let hits = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         let health_hits = Arc::new(AtomicU64::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
         std_listener.set_nonblocking(true).unwrap();
@@ -188,7 +189,13 @@ impl Backend {
 
     /// Requests other than health checks.
     pub fn hits(&self) -> u64 {
-        self.hits.load(Ordering::SeqCst)
+        self.hits[0].load(Ordering::SeqCst)
+    }
+
+    /// Requests whose head (request line and headers) arrived, health checks apart: a
+    /// request the gateway refuses after sending it upstream is counted here, not in `hits`.
+    pub fn heads(&self) -> u64 {
+        self.hits[1].load(Ordering::SeqCst)
     }
 
     pub fn health_hits(&self) -> u64 {
@@ -216,7 +223,7 @@ impl Drop for Backend {
 async fn serve_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     sock: S,
     name: String,
-    hits: Arc<AtomicU64>,
+    hits: Arc<[AtomicU64; 2]>,
     health_hits: Arc<AtomicU64>,
     healthy: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
@@ -250,6 +257,9 @@ async fn serve_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 headers.push((k, v));
             }
         }
+        if !target.starts_with("/health") {
+            hits[1].fetch_add(1, Ordering::SeqCst);
+        }
         let mut body = vec![0u8; content_length];
         r.read_exact(&mut body).await?;
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
@@ -262,7 +272,7 @@ async fn serve_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 503
             };
         } else {
-            hits.fetch_add(1, Ordering::SeqCst);
+            hits[0].fetch_add(1, Ordering::SeqCst);
         }
         if path == "/close" {
             return Ok(());
@@ -279,8 +289,9 @@ async fn serve_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             status = code.parse().unwrap_or(500);
         }
         let mut out = format!(
-            "backend={name}\nmethod={method}\npath={target}\nbody_len={}\n",
-            body.len()
+            "backend={name}\nmethod={method}\npath={target}\nbody_len={}\nbody_fnv={:016x}\n",
+            body.len(),
+            fnv1a(&body)
         );
         for (k, v) in &headers {
             out.push_str(&format!("h:{k}={v}\n"));
@@ -291,6 +302,13 @@ async fn serve_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         );
         r.get_mut().write_all(resp.as_bytes()).await?;
     }
+}
+
+/// FNV-1a of a body: what the echo backend reports of the bytes it got (`body_fnv=`).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -359,7 +377,7 @@ pub fn get(addr: SocketAddr, host: &str, path: &str) -> Response {
     request(addr, "GET", Some(host), path, &[], "").expect("request")
 }
 
-fn read_response(s: TcpStream, head: bool) -> std::io::Result<Response> {
+pub fn read_response(s: TcpStream, head: bool) -> std::io::Result<Response> {
     let mut r = BufReader::new(s);
     let mut line = String::new();
     r.read_line(&mut line)?;
