@@ -187,6 +187,81 @@ fn redirect_hsts_and_sni_host_check() {
     drop(g);
 }
 
+/// Over HTTP/2, a form the WAF reads before the request goes upstream reaches the backend
+/// byte for byte, and a refused one does not end the connection's other streams.
+#[test]
+fn waf_reads_small_bodies_first_over_http2_too() {
+    if !std::path::Path::new("/usr/share/modsecurity-crs/owasp-crs.load").exists() {
+        eprintln!("modsecurity-crs is not installed (deploy/deps.sh --test installs it)");
+        return;
+    }
+    let b = Backend::start("b", "127.0.0.1");
+    let (plain, tls, admin) = (
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+    );
+    let (ca, chain, key) = test_pki(&["a.tinh.test"]);
+    let main = main_config(plain, tls, admin, "");
+    let ta = format!(
+        "tls_cert = \"a.pem\"\ntls_key = \"a.key\"\n{}\n[waf]\nmode = \"block\"\n",
+        tenant("a", &["a.tinh.test"], &[b.addr], "")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &main, &[("a.toml", &ta)]);
+    std::fs::write(dir.path().join("a.pem"), &chain).unwrap();
+    std::fs::write(dir.path().join("a.key"), &key).unwrap();
+    let g = start_in(dir, plain, admin);
+    let ca_file = g.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let form = "ho_ten=Tr%E1%BA%A7n+Th%E1%BB%8B+B%C3%ACnh&ghi_chu=N%E1%BB%99p+h%E1%BB%93+s%C6%A1";
+    let attack = "noi_dung=%3Cscript%3Ealert(document.cookie)%3C%2Fscript%3E";
+    let url = format!("https://a.tinh.test:{}/gop-y", tls.port());
+    let heads = b.heads();
+    // Three POSTs on one HTTP/2 connection: a form, an attack, the form again.
+    let mut cmd = std::process::Command::new("curl");
+    cmd.arg("-sS");
+    for (i, body) in [form, attack, form].iter().enumerate() {
+        if i > 0 {
+            cmd.arg("--next");
+        }
+        // `--next` starts the options over (the connection is kept).
+        cmd.arg("--cacert")
+            .arg(&ca_file)
+            .arg("--connect-to")
+            .arg(format!(
+                "a.tinh.test:{}:127.0.0.1:{}",
+                tls.port(),
+                tls.port()
+            ));
+        cmd.args([
+            "--http2",
+            "-d",
+            body,
+            "-w",
+            "\nSTATUS %{http_code} %{http_version} %{num_connects}\n",
+        ])
+        .arg(&url);
+    }
+    let out = cmd.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let statuses: Vec<&str> = text.lines().filter(|l| l.starts_with("STATUS ")).collect();
+    assert_eq!(
+        statuses,
+        ["STATUS 200 2 1", "STATUS 403 2 0", "STATUS 200 2 0"],
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fnv = format!("body_fnv={:016x}", fnv1a(form.as_bytes()));
+    assert_eq!(text.matches(&fnv).count(), 2, "{text}");
+    assert_eq!(
+        b.heads(),
+        heads + 2,
+        "the refused request never reached the backend"
+    );
+    drop(g);
+}
+
 #[test]
 fn bad_certificate_files_are_reported_and_the_rest_is_served() {
     let b = Backend::start("b", "127.0.0.1");
