@@ -109,6 +109,19 @@ fn block_mode_refuses_attacks_in_query_and_body_and_passes_citizens() {
         log.contains(&format!("request_id={rid}")),
         "events carry the request id"
     );
+    // Phase 5 runs when the request ends, refused or not: the CRS's correlation line with
+    // the score per attack type.
+    wait_until("980130", std::time::Duration::from_secs(5), || {
+        g.log_text()
+            .lines()
+            .any(|l| l.contains("rule_id=980130") && l.contains(&format!("request_id={rid}")))
+    });
+    let log = g.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("rule_id=980130") && l.contains(&format!("request_id={rid}")))
+        .unwrap_or_default();
+    assert!(line.contains("SQLI=") && line.contains("phase=5"), "{line}");
     let m = request(g.admin, "GET", Some("admin"), "/metrics", &[], "").unwrap();
     let blocks: f64 = m
         .body

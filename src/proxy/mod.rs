@@ -90,6 +90,9 @@ pub struct Ctx {
     waf_resp: Option<Box<crate::waf::response::ResponseScan>>,
     waf_resp_page: Option<bytes::Bytes>,
     waf_resp_refused: bool,
+    /// The transaction once its request (and response) phases are over, for the logging
+    /// phase when the request ends.
+    waf_log: Option<Box<crate::waf::Transaction>>,
     /// The connection closes after this response (its page says so on HTTP/1).
     closing: bool,
 }
@@ -187,6 +190,7 @@ impl ProxyHttp for Proxy {
             waf_resp: None,
             waf_resp_page: None,
             waf_resp_refused: false,
+            waf_log: None,
             closing: false,
         }
     }
@@ -416,6 +420,7 @@ impl ProxyHttp for Proxy {
                             t.process_request_body();
                         }
                         if let Some(i) = self.waf_verdict(ctx, &t) {
+                            ctx.waf_log = Some(Box::new(t));
                             return waf_refuse(session, ctx, i).await;
                         }
                         keep_for_response(ctx, Box::new(t));
@@ -425,6 +430,7 @@ impl ProxyHttp for Proxy {
                         t.process_request_body();
                     }
                     if let Some(i) = self.waf_verdict(ctx, &t) {
+                        ctx.waf_log = Some(Box::new(t));
                         return waf_refuse(session, ctx, i).await;
                     }
                     keep_for_response(ctx, Box::new(t));
@@ -496,6 +502,7 @@ impl ProxyHttp for Proxy {
             if let Some(i) = self.waf_verdict(ctx, &t) {
                 let status = i.status;
                 ctx.waf_block = Some(i);
+                ctx.waf_log = Some(t);
                 return Error::e_explain(HTTPStatus(status), "refused by the WAF");
             }
             keep_for_response(ctx, t);
@@ -717,8 +724,11 @@ impl ProxyHttp for Proxy {
                 session
                     .cache
                     .disable(NoCacheReason::Custom("refused by the WAF"));
+                ctx.waf_log = Some(scan.into_transaction());
             } else if scan.holding() {
                 ctx.waf_resp = Some(scan);
+            } else {
+                ctx.waf_log = Some(scan.into_transaction());
             }
         }
         upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
@@ -751,12 +761,14 @@ impl ProxyHttp for Proxy {
             if let Some(_i) = scan.body(body, end_of_stream) {
                 let _ = self.waf_verdict(ctx, scan.transaction());
                 *body = None;
+                ctx.waf_log = Some(scan.into_transaction());
                 return Error::e_explain(ConnectionClosed, "response body refused by the WAF");
             }
             if scan.holding() {
                 ctx.waf_resp = Some(scan);
             } else {
                 let _ = self.waf_verdict(ctx, scan.transaction());
+                ctx.waf_log = Some(scan.into_transaction());
             }
         }
         Ok(None)
@@ -847,9 +859,16 @@ impl ProxyHttp for Proxy {
         if let Some(mut t) = ctx.waf.take() {
             t.process_request_body();
             let _ = self.waf_verdict(ctx, &t);
+            ctx.waf_log = Some(t);
         }
         if let Some(scan) = ctx.waf_resp.take() {
             let _ = self.waf_verdict(ctx, scan.transaction());
+            ctx.waf_log = Some(scan.into_transaction());
+        }
+        // WAF phase 5, and the matches it logs.
+        if let Some(mut t) = ctx.waf_log.take() {
+            t.process_logging();
+            waf_report(ctx, &t);
         }
         if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
             limits::conn::request_finished(*peer);
@@ -917,6 +936,24 @@ impl ProxyHttp for Proxy {
     }
 }
 
+/// Reports what of a WAF transaction has not been reported yet (events, metrics).
+fn waf_report(ctx: &mut Ctx, t: &crate::waf::Transaction) {
+    let (Some(snap), Some(ti)) = (&ctx.snapshot, ctx.tenant) else {
+        return;
+    };
+    let tenant = &snap.tenants[ti as usize];
+    crate::waf::report(
+        t,
+        &crate::waf::Subject {
+            tenant: &tenant.id,
+            client_ip: ctx.client_ip,
+            request_id: &ctx.request_id,
+            paranoia: tenant.waf.paranoia,
+        },
+        &mut ctx.waf_reported,
+    );
+}
+
 impl Proxy {
     /// Records a finished WAF transaction (events, metrics, score and rules for the access
     /// log, a ban strike when it refuses) and returns its intervention.
@@ -925,25 +962,19 @@ impl Proxy {
         ctx: &mut Ctx,
         t: &crate::waf::Transaction,
     ) -> Option<crate::waf::Intervention> {
-        let (Some(snap), Some(ti)) = (&ctx.snapshot, ctx.tenant) else {
+        if ctx.snapshot.is_none() || ctx.tenant.is_none() {
             return None;
-        };
-        let tenant = &snap.tenants[ti as usize];
+        }
         if !t.matches.is_empty() {
             ctx.waf_score = Some(crate::waf::anomaly_score(t));
             ctx.waf_rules = t.matches.iter().map(|m| m.id as u32).collect();
         }
-        crate::waf::report(
-            t,
-            &crate::waf::Subject {
-                tenant: &tenant.id,
-                client_ip: ctx.client_ip,
-                request_id: &ctx.request_id,
-                paranoia: tenant.waf.paranoia,
-            },
-            &mut ctx.waf_reported,
-        );
+        waf_report(ctx, t);
         let i = t.intervention.clone()?;
+        let (Some(snap), Some(ti)) = (&ctx.snapshot, ctx.tenant) else {
+            return None;
+        };
+        let tenant = &snap.tenants[ti as usize];
         // A response the rules refuse is the site's leak, not the client's offence.
         if t.phase_done() > 2 {
             return Some(i);
@@ -988,16 +1019,19 @@ fn prefetchable(req: &RequestHeader, announced: Option<u64>, inspect: usize) -> 
         && !req.headers.contains_key(http::header::EXPECT)
 }
 
-/// Keeps a transaction whose request phases passed for the response phases, when the tenant
-/// inspects responses.
+/// Keeps a transaction whose request phases passed for the response phases when the tenant
+/// inspects responses, else for the logging phase.
 fn keep_for_response(ctx: &mut Ctx, t: Box<crate::waf::Transaction>) {
     let cfg = ctx
         .snapshot
         .as_ref()
         .zip(ctx.tenant)
         .and_then(|(s, ti)| s.tenants[ti as usize].waf.response().cloned());
-    if let Some(cfg) = cfg {
-        ctx.waf_resp = Some(Box::new(crate::waf::response::ResponseScan::new(t, cfg)));
+    match cfg {
+        Some(cfg) => {
+            ctx.waf_resp = Some(Box::new(crate::waf::response::ResponseScan::new(t, cfg)));
+        }
+        None => ctx.waf_log = Some(t),
     }
 }
 

@@ -73,7 +73,7 @@ pub fn crs_family(id: u32) -> &'static str {
         942 => "SQL injection",
         943 => "session fixation",
         944 => "Java attack",
-        949 | 959 => "anomaly score",
+        949 | 959 | 980 => "anomaly score",
         950..=956 => "data leakage",
         _ => "other",
     }

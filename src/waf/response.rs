@@ -109,6 +109,11 @@ impl ResponseScan {
         &self.t
     }
 
+    /// The transaction, once the response phases are over (for the logging phase).
+    pub fn into_transaction(self) -> Box<Transaction> {
+        self.t
+    }
+
     /// Runs phase 3, and phase 4 at once when the body will not be read (its type is not
     /// inspected, it is encoded in a way the WAF does not read, or there is none); otherwise
     /// the body is held from now on.

@@ -1008,6 +1008,23 @@ impl Transaction {
         self.run_phase(4)
     }
 
+    /// Runs phase 5 (logging) once the response is done, whatever the earlier phases
+    /// decided: the CRS correlates the request's scores there (980130 "Inbound Anomaly Score
+    /// Exceeded" with the score per attack type, the line security analysts look for). It
+    /// comes too late to change anything, so a disruptive action in it is ignored and the
+    /// earlier verdict stays.
+    pub fn process_logging(&mut self) {
+        if self.done_phases >= 5 || self.mode == Mode::Off {
+            return;
+        }
+        let verdict = self.intervention.take();
+        let allow = self.allow.take();
+        self.run_phase(5);
+        self.done_phases = 5;
+        self.intervention = verdict;
+        self.allow = allow;
+    }
+
     /// The highest phase run so far (0 before phase 1).
     pub fn phase_done(&self) -> u8 {
         self.done_phases
