@@ -3,9 +3,9 @@
 //!
 //! Each iteration is one whole request as the proxy hands it to the WAF: a new `Transaction`,
 //! the TX settings a tenant with `[waf] mode = "block"` sets, the connection, the request line,
-//! eight browser-like headers, phase 1, the body (if any) and phase 2. The rule set is loaded
-//! once, outside the measurement. Before measuring, each case is checked: the benign requests
-//! must pass without intervention, the attack must be refused.
+//! eight browser-like headers, phase 1, the body (if any), phase 2 and phase 5 (logging). The
+//! rule set is loaded once, outside the measurement. Before measuring, each case is checked:
+//! the benign requests must pass without intervention, the attack must be refused.
 //!
 //! Cases: a page GET with a query string, a Vietnamese search GET, a urlencoded form POST, a
 //! JSON POST, and an SQL injection in the query string.
@@ -177,13 +177,15 @@ fn evaluate_with(rules: &Arc<RuleSet>, r: &Req<'_>, cookie: &str) -> bool {
         t.add_header("Content-Type", ct.as_bytes());
         t.add_header("Content-Length", length.as_bytes());
     }
-    if t.process_request_headers().is_some() {
-        return true;
-    }
-    if !r.body.is_empty() {
-        t.feed_body(r.body);
-    }
-    t.process_request_body().is_some()
+    let refused = t.process_request_headers().is_some() || {
+        if !r.body.is_empty() {
+            t.feed_body(r.body);
+        }
+        t.process_request_body().is_some()
+    };
+    // The proxy runs the logging phase when the request ends, refused or not.
+    t.process_logging();
+    refused
 }
 
 fn bench(c: &mut Criterion) {
