@@ -109,7 +109,7 @@ fn block_mode_refuses_attacks_in_query_and_body_and_passes_citizens() {
         log.contains(&format!("request_id={rid}")),
         "events carry the request id"
     );
-    // Phase 5 runs when the request ends, refused or not: the CRS's correlation line with
+    // Phase 5 runs after the other phases, refused or not: the CRS's correlation line with
     // the score per attack type.
     wait_until("980130", std::time::Duration::from_secs(5), || {
         g.log_text()

@@ -90,9 +90,6 @@ pub struct Ctx {
     waf_resp: Option<Box<crate::waf::response::ResponseScan>>,
     waf_resp_page: Option<bytes::Bytes>,
     waf_resp_refused: bool,
-    /// The transaction once its request (and response) phases are over, for the logging
-    /// phase when the request ends.
-    waf_log: Option<Box<crate::waf::Transaction>>,
     /// The connection closes after this response (its page says so on HTTP/1).
     closing: bool,
 }
@@ -190,7 +187,6 @@ impl ProxyHttp for Proxy {
             waf_resp: None,
             waf_resp_page: None,
             waf_resp_refused: false,
-            waf_log: None,
             closing: false,
         }
     }
@@ -420,7 +416,7 @@ impl ProxyHttp for Proxy {
                             t.process_request_body();
                         }
                         if let Some(i) = self.waf_verdict(ctx, &t) {
-                            ctx.waf_log = Some(Box::new(t));
+                            waf_finish(ctx, Box::new(t));
                             return waf_refuse(session, ctx, i).await;
                         }
                         keep_for_response(ctx, Box::new(t));
@@ -430,7 +426,7 @@ impl ProxyHttp for Proxy {
                         t.process_request_body();
                     }
                     if let Some(i) = self.waf_verdict(ctx, &t) {
-                        ctx.waf_log = Some(Box::new(t));
+                        waf_finish(ctx, Box::new(t));
                         return waf_refuse(session, ctx, i).await;
                     }
                     keep_for_response(ctx, Box::new(t));
@@ -502,7 +498,7 @@ impl ProxyHttp for Proxy {
             if let Some(i) = self.waf_verdict(ctx, &t) {
                 let status = i.status;
                 ctx.waf_block = Some(i);
-                ctx.waf_log = Some(t);
+                waf_finish(ctx, t);
                 return Error::e_explain(HTTPStatus(status), "refused by the WAF");
             }
             keep_for_response(ctx, t);
@@ -724,11 +720,11 @@ impl ProxyHttp for Proxy {
                 session
                     .cache
                     .disable(NoCacheReason::Custom("refused by the WAF"));
-                ctx.waf_log = Some(scan.into_transaction());
+                waf_finish(ctx, scan.into_transaction());
             } else if scan.holding() {
                 ctx.waf_resp = Some(scan);
             } else {
-                ctx.waf_log = Some(scan.into_transaction());
+                waf_finish(ctx, scan.into_transaction());
             }
         }
         upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
@@ -761,14 +757,14 @@ impl ProxyHttp for Proxy {
             if let Some(_i) = scan.body(body, end_of_stream) {
                 let _ = self.waf_verdict(ctx, scan.transaction());
                 *body = None;
-                ctx.waf_log = Some(scan.into_transaction());
+                waf_finish(ctx, scan.into_transaction());
                 return Error::e_explain(ConnectionClosed, "response body refused by the WAF");
             }
             if scan.holding() {
                 ctx.waf_resp = Some(scan);
             } else {
                 let _ = self.waf_verdict(ctx, scan.transaction());
-                ctx.waf_log = Some(scan.into_transaction());
+                waf_finish(ctx, scan.into_transaction());
             }
         }
         Ok(None)
@@ -859,16 +855,11 @@ impl ProxyHttp for Proxy {
         if let Some(mut t) = ctx.waf.take() {
             t.process_request_body();
             let _ = self.waf_verdict(ctx, &t);
-            ctx.waf_log = Some(t);
+            waf_finish(ctx, t);
         }
         if let Some(scan) = ctx.waf_resp.take() {
             let _ = self.waf_verdict(ctx, scan.transaction());
-            ctx.waf_log = Some(scan.into_transaction());
-        }
-        // WAF phase 5, and the matches it logs.
-        if let Some(mut t) = ctx.waf_log.take() {
-            t.process_logging();
-            waf_report(ctx, &t);
+            waf_finish(ctx, scan.into_transaction());
         }
         if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
             limits::conn::request_finished(*peer);
@@ -934,6 +925,15 @@ impl ProxyHttp for Proxy {
             session.req_header().uri
         )
     }
+}
+
+/// Ends a WAF transaction whose request (and response) phases are over: phase 5 (logging),
+/// and the matches it logs. Nothing the transaction has not seen can change by the time the
+/// request ends (a tenant that does not inspect responses gives it no response), so it runs
+/// now rather than holding the transaction until then.
+fn waf_finish(ctx: &mut Ctx, mut t: Box<crate::waf::Transaction>) {
+    t.process_logging();
+    waf_report(ctx, &t);
 }
 
 /// Reports what of a WAF transaction has not been reported yet (events, metrics).
@@ -1020,7 +1020,7 @@ fn prefetchable(req: &RequestHeader, announced: Option<u64>, inspect: usize) -> 
 }
 
 /// Keeps a transaction whose request phases passed for the response phases when the tenant
-/// inspects responses, else for the logging phase.
+/// inspects responses, else ends it.
 fn keep_for_response(ctx: &mut Ctx, t: Box<crate::waf::Transaction>) {
     let cfg = ctx
         .snapshot
@@ -1031,7 +1031,7 @@ fn keep_for_response(ctx: &mut Ctx, t: Box<crate::waf::Transaction>) {
         Some(cfg) => {
             ctx.waf_resp = Some(Box::new(crate::waf::response::ResponseScan::new(t, cfg)));
         }
-        None => ctx.waf_log = Some(t),
+        None => waf_finish(ctx, t),
     }
 }
 

@@ -1008,11 +1008,11 @@ impl Transaction {
         self.run_phase(4)
     }
 
-    /// Runs phase 5 (logging) once the response is done, whatever the earlier phases
-    /// decided: the CRS correlates the request's scores there (980130 "Inbound Anomaly Score
-    /// Exceeded" with the score per attack type, the line security analysts look for). It
-    /// comes too late to change anything, so a disruptive action in it is ignored and the
-    /// earlier verdict stays.
+    /// Runs phase 5 (logging) once the other phases are done, whatever they decided: the CRS
+    /// correlates the request's scores there (980130 "Inbound Anomaly Score Exceeded" with the
+    /// score per attack type, the line security analysts look for). It comes too late to
+    /// change anything, so a disruptive action in it is ignored and the earlier verdict
+    /// stays.
     pub fn process_logging(&mut self) {
         if self.done_phases >= 5 || self.mode == Mode::Off {
             return;
