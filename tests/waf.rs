@@ -178,6 +178,39 @@ fn small_bodies_are_inspected_before_the_backend_sees_the_request() {
     );
 }
 
+/// A client that announces a body and goes away before sending all of it: what arrived is
+/// still inspected and reported, and nothing reaches the backend.
+#[test]
+fn a_body_cut_short_is_inspected_for_the_record() {
+    use std::io::Write;
+    if !crs_installed() {
+        return;
+    }
+    let b = Backend::start("portal", "127.0.0.1");
+    let g = start("\n[waf]\nmode = \"block\"\nparanoia = 1\n", &b);
+    let heads = b.heads();
+    let part = "noi_dung=%3Cscript%3Ealert(document.cookie)%3C%2Fscript%3E&ho_ten=";
+    let mut s = std::net::TcpStream::connect(g.listen).unwrap();
+    write!(
+        s,
+        "POST /gop-y HTTP/1.1\r\nHost: sotp.gov.vn\r\nUser-Agent: Mozilla/5.0\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{part}",
+        part.len() + 100
+    )
+    .unwrap();
+    s.flush().unwrap();
+    // The gateway has the head and part of the body; then the client is gone.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    s.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(s);
+    wait_until(
+        "the XSS in the part that came",
+        std::time::Duration::from_secs(10),
+        || g.log_text().contains("rule_id=941100"),
+    );
+    assert_eq!(b.heads(), heads, "nothing of it reached the backend");
+}
+
 #[test]
 fn detect_mode_logs_but_lets_requests_through() {
     if !crs_installed() {

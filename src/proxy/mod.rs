@@ -407,9 +407,22 @@ impl ProxyHttp for Proxy {
                         // connection stays open. Pingora's retry buffer holds the bytes and
                         // sends them on once the request goes upstream.
                         session.enable_retry_buffering();
-                        while let Some(chunk) = session.read_request_body().await? {
-                            count_body(ctx, chunk.len())?;
+                        loop {
+                            let read = session.read_request_body().await;
+                            let chunk = match read {
+                                Ok(Some(chunk)) => chunk,
+                                Ok(None) => break,
+                                Err(e) => {
+                                    // Client gone or too slow: logging inspects what came.
+                                    ctx.waf = Some(Box::new(t));
+                                    return Err(e);
+                                }
+                            };
                             t.feed_body(&chunk);
+                            if let Err(e) = count_body(ctx, chunk.len()) {
+                                ctx.waf = Some(Box::new(t));
+                                return Err(e);
+                            }
                         }
                         ctx.body_prefetched = true;
                         if !t.refuse_oversize(ctx.body_bytes) {
