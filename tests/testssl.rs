@@ -11,22 +11,7 @@ use tls_common::*;
 #[test]
 fn testssl_finds_no_old_protocols_and_no_known_vulnerability() {
     let b = Backend::start("b", "127.0.0.1");
-    let (plain, tls, admin) = (
-        free_addr("127.0.0.1"),
-        free_addr("127.0.0.1"),
-        free_addr("127.0.0.1"),
-    );
-    let (_, chain, key) = test_pki(&["a.tinh.test"]);
-    let main = main_config(plain, tls, admin, "");
-    let t = format!(
-        "tls_cert = \"a.pem\"\ntls_key = \"a.key\"\n{}",
-        tenant("a", &["a.tinh.test"], &[b.addr], "")
-    );
-    let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), &main, &[("a.toml", &t)]);
-    std::fs::write(dir.path().join("a.pem"), &chain).unwrap();
-    std::fs::write(dir.path().join("a.key"), &key).unwrap();
-    let g = start_in(dir, plain, admin);
+    let (g, tls, _) = start_one_tls_tenant(&b, "");
     let json = g.dir.path().join("testssl.json");
     let out = std::process::Command::new("testssl")
         .args([

@@ -196,22 +196,7 @@ fn waf_reads_small_bodies_first_over_http2_too() {
         return;
     }
     let b = Backend::start("b", "127.0.0.1");
-    let (plain, tls, admin) = (
-        free_addr("127.0.0.1"),
-        free_addr("127.0.0.1"),
-        free_addr("127.0.0.1"),
-    );
-    let (ca, chain, key) = test_pki(&["a.tinh.test"]);
-    let main = main_config(plain, tls, admin, "");
-    let ta = format!(
-        "tls_cert = \"a.pem\"\ntls_key = \"a.key\"\n{}\n[waf]\nmode = \"block\"\n",
-        tenant("a", &["a.tinh.test"], &[b.addr], "")
-    );
-    let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), &main, &[("a.toml", &ta)]);
-    std::fs::write(dir.path().join("a.pem"), &chain).unwrap();
-    std::fs::write(dir.path().join("a.key"), &key).unwrap();
-    let g = start_in(dir, plain, admin);
+    let (g, tls, ca) = start_one_tls_tenant(&b, "\n[waf]\nmode = \"block\"\n");
     let ca_file = g.dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca).unwrap();
     let form = "ho_ten=Tr%E1%BA%A7n+Th%E1%BB%8B+B%C3%ACnh&ghi_chu=N%E1%BB%99p+h%E1%BB%93+s%C6%A1";

@@ -417,6 +417,32 @@ pub fn main_config(plain: SocketAddr, tls: SocketAddr, admin: SocketAddr, extra:
     )
 }
 
+/// A gateway with one tenant, `a` for `a.tinh.test`, its certificate from `test_pki`, in front
+/// of `backend`; `tenant_extra` is appended to its tenant file. Returns the gateway, its TLS
+/// address and the test CA (PEM).
+pub fn start_one_tls_tenant(
+    backend: &crate::common::Backend,
+    tenant_extra: &str,
+) -> (crate::common::Gateway, SocketAddr, String) {
+    use crate::common::{free_addr, tenant, test_pki, write_config};
+    let (plain, tls, admin) = (
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+    );
+    let (ca, chain, key) = test_pki(&["a.tinh.test"]);
+    let main = main_config(plain, tls, admin, "");
+    let t = format!(
+        "tls_cert = \"a.pem\"\ntls_key = \"a.key\"\n{}{tenant_extra}",
+        tenant("a", &["a.tinh.test"], &[backend.addr], "")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), &main, &[("a.toml", &t)]);
+    std::fs::write(dir.path().join("a.pem"), &chain).unwrap();
+    std::fs::write(dir.path().join("a.key"), &key).unwrap();
+    (start_in(dir, plain, admin), tls, ca)
+}
+
 /// Starts the gateway on a config directory already written.
 pub fn start_in(
     dir: tempfile::TempDir,
