@@ -256,8 +256,9 @@ pub struct RuleSet {
     /// link cannot match, packed densely (walking the rules themselves for that costs a
     /// cache miss or two per rule and request).
     pub hot: [Vec<Hot>; 6],
-    /// The target collections `Hot::targets` points into.
-    pub hot_targets: Vec<u16>,
+    /// The distinct sets of target collections `Hot::set` names (sorted; the CRS has a few
+    /// dozen), so that a transaction works out what a set cannot match once per phase.
+    pub hot_sets: Vec<Box<[u16]>>,
     /// The rules `Hot::gate` points to.
     pub gates: Vec<Gate>,
 }
@@ -308,11 +309,10 @@ impl Gate {
 pub struct Hot {
     /// The first link's memo slot.
     pub slot: u32,
-    /// `hot_targets[start..start + len]`: the first link's target collections, when every
-    /// one of them is a collection of stored values (`transaction::quickable`); `len` is 0
+    /// 1 + the index in `RuleSet::hot_sets` of the first link's target collections, when
+    /// every one of them is a collection of stored values (`transaction::quickable`); 0
     /// otherwise, and for markers.
-    pub start: u32,
-    pub len: u32,
+    pub set: u32,
     /// 1 + the rule's index in `RuleSet::gates` when it is a `Gate`, else 0.
     pub gate: u32,
 }
@@ -375,7 +375,7 @@ impl RuleSet {
                 memo_slots: 0,
                 jumps: Default::default(),
                 hot: Default::default(),
-                hot_targets: Vec::new(),
+                hot_sets: Vec::new(),
                 gates: Vec::new(),
             },
             chain_index: HashMap::new(),
@@ -452,15 +452,21 @@ impl RuleSet {
                             !v.count && super::transaction::quickable(v.coll) && v.coll < 1 << 16
                         });
                     if let (true, Some(slot)) = (quick, r.memo_slot) {
+                        let mut colls: Vec<u16> = r.targets.iter().map(|v| v.coll as u16).collect();
+                        colls.sort_unstable();
+                        colls.dedup();
+                        let set = match b.set.hot_sets.iter().position(|s| **s == *colls) {
+                            Some(n) => n,
+                            None => {
+                                b.set.hot_sets.push(colls.into_boxed_slice());
+                                b.set.hot_sets.len() - 1
+                            }
+                        };
                         h = Hot {
                             slot,
-                            start: b.set.hot_targets.len() as u32,
-                            len: r.targets.len() as u32,
+                            set: set as u32 + 1,
                             gate: 0,
                         };
-                        b.set
-                            .hot_targets
-                            .extend(r.targets.iter().map(|v| v.coll as u16));
                     }
                     if let Some(g) = Gate::of(r, &b.set.chains) {
                         b.set.gates.push(g);

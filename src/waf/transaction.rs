@@ -110,6 +110,10 @@ pub struct Transaction {
     /// link whose bit is set there cannot match that target, whatever its selector and
     /// exclusions keep, so it is passed over without visiting the values one by one.
     all_miss: Vec<OnceLock<Box<[u64]>>>,
+    /// The same per target set (`RuleSet::hot_sets`), `words` u64s each from
+    /// `set_miss[set * words]`, made when a rule first needs it in a phase (`set_ready`).
+    set_miss: Vec<u64>,
+    set_ready: Vec<bool>,
     /// TX positions by key hash (CRS rules read TX by key hundreds of times a request).
     tx_index: TxIndex,
     /// Emptied TX entries to fill before allocating new ones (see `Buffers`).
@@ -311,6 +315,8 @@ struct Buffers {
     vmemo: Vec<Vec<MemoCell>>,
     kmemo: Vec<Vec<MemoCell>>,
     all_miss: Vec<OnceLock<Box<[u64]>>>,
+    set_miss: Vec<u64>,
+    set_ready: Vec<bool>,
     tx_index: TxIndex,
 }
 
@@ -546,6 +552,8 @@ impl Drop for Transaction {
             vmemo: std::mem::take(&mut self.vmemo),
             kmemo: std::mem::take(&mut self.kmemo),
             all_miss: std::mem::take(&mut self.all_miss),
+            set_miss: std::mem::take(&mut self.set_miss),
+            set_ready: std::mem::take(&mut self.set_ready),
             tx_index: std::mem::replace(&mut self.tx_index, TxIndex::empty()),
         }
         .give_back();
@@ -585,6 +593,8 @@ impl Transaction {
             vmemo: b.vmemo,
             kmemo: b.kmemo,
             all_miss: b.all_miss,
+            set_miss: b.set_miss,
+            set_ready: b.set_ready,
             tx_index: b.tx_index,
             tx_spare: b.tx_spare,
             tx_digits: 0,
@@ -1133,7 +1143,7 @@ impl Transaction {
             count: false,
         };
         let mut first = None;
-        self.each_value(&var, rule, &[], &[], &mut |_, v, _| {
+        self.each_value(&var, rule, &[], &[], None, &mut |_, v, _| {
             if first.is_none() {
                 first = Some(String::from_utf8_lossy(v).into_owned());
             }
@@ -1144,23 +1154,25 @@ impl Transaction {
     /// Resolves one target into its values, minus exclusions, and hands each to `f` as
     /// (key, value, stable). `stable` says the value stays at its address for the phase, so
     /// its transformations may be cached by address. Selection happens as values are produced
-    /// (TX holds a hundred values; most rules want one of them).
+    /// (TX holds a hundred values; most rules want one of them). Stored values whose memo
+    /// says memo slot `known_miss` does not match them are left out (not when counting).
     fn each_value(
         &self,
         var: &Var,
         rule: Option<&Rule>,
         excl: &[Var],
         extra: &[&Var],
+        known_miss: Option<u32>,
         f: &mut ValueSink<'_>,
     ) {
         if var.count {
             let mut n = 0usize;
-            self.select(var, rule, excl, extra, &mut |_, _, _| n += 1);
+            self.select(var, rule, excl, extra, None, &mut |_, _, _| n += 1);
             // Counted on most requests (`&ARGS`, `&TX:x`): formatted without an allocation.
             let mut buf = itoa::Buffer::new();
             f("", buf.format(n).as_bytes(), None);
         } else {
-            self.select(var, rule, excl, extra, f);
+            self.select(var, rule, excl, extra, known_miss, f);
         }
     }
 
@@ -1172,6 +1184,7 @@ impl Transaction {
         rule: Option<&Rule>,
         excl: &[Var],
         extra: &[&Var],
+        known_miss: Option<u32>,
         f: &mut ValueSink<'_>,
     ) {
         let c = var.coll;
@@ -1207,10 +1220,20 @@ impl Transaction {
                 _ => &[],
             }
         }
+        // Before the selector and exclusions: most values are known misses.
+        let passed_over = |cell: Option<&MemoCell>| {
+            known_miss.is_some_and(|slot| {
+                cell.and_then(OnceLock::get)
+                    .is_some_and(|m| m.known_miss(slot))
+            })
+        };
         let mut pairs = |coll: usize| {
             let memos = cells(&self.vmemo, coll, stable);
             for (n, (k, v)) in self.colls[coll].iter().enumerate() {
-                emit(k, v, memos.get(n));
+                let cell = memos.get(n);
+                if !passed_over(cell) {
+                    emit(k, v, cell);
+                }
             }
         };
         if !i.computed[c] {
@@ -1235,7 +1258,10 @@ impl Transaction {
             for &coll in names {
                 let memos = cells(&self.kmemo, coll, stable);
                 for (n, (k, _)) in self.colls[coll].iter().enumerate() {
-                    emit(k, k.as_bytes(), memos.get(n));
+                    let cell = memos.get(n);
+                    if !passed_over(cell) {
+                        emit(k, k.as_bytes(), cell);
+                    }
                 }
             }
             return;
@@ -1290,13 +1316,18 @@ impl Transaction {
 
     /// `known_miss_all` for every value of collection `c`.
     fn known_miss_coll(&self, c: usize, slot: u32) -> bool {
+        self.coll_miss(c).is_some_and(|words| {
+            words
+                .get(slot as usize / 64)
+                .is_some_and(|w| w & (1 << (slot % 64)) != 0)
+        })
+    }
+
+    /// Collection `c`'s `all_miss` words, made on first use; `None` when it has none.
+    fn coll_miss(&self, c: usize) -> Option<&[u64]> {
         let i = ix();
-        let Some((sources, keys)) = i.stored(c).filter(|_| i.stable[c]) else {
-            return false;
-        };
-        let Some(cell) = self.all_miss.get(c) else {
-            return false;
-        };
+        let (sources, keys) = i.stored(c).filter(|_| i.stable[c])?;
+        let cell = self.all_miss.get(c)?;
         let words = cell.get_or_init(|| {
             let mut and = vec![u64::MAX; (self.rules.memo_slots as usize).div_ceil(64)];
             for &coll in sources {
@@ -1316,9 +1347,30 @@ impl Transaction {
             }
             and.into_boxed_slice()
         });
-        words
-            .get(slot as usize / 64)
-            .is_some_and(|w| w & (1 << (slot % 64)) != 0)
+        Some(words)
+    }
+
+    /// `known_miss_coll` for every collection of target set `set` at once: the AND of their
+    /// words, made the first time a rule of the phase asks.
+    fn known_miss_set(&mut self, set: usize, slot: u32) -> bool {
+        let words = (self.rules.memo_slots as usize).div_ceil(64);
+        let at = set * words;
+        if !self.set_ready[set] {
+            let mut and = std::mem::take(&mut self.set_miss);
+            and[at..at + words].fill(u64::MAX);
+            for &c in self.rules.hot_sets[set].iter() {
+                match self.coll_miss(c as usize) {
+                    Some(w) => and[at..at + words]
+                        .iter_mut()
+                        .zip(w.iter())
+                        .for_each(|(a, w)| *a &= w),
+                    None => and[at..at + words].fill(0),
+                }
+            }
+            self.set_miss = and;
+            self.set_ready[set] = true;
+        }
+        self.set_miss[at + slot as usize / 64] & (1 << (slot % 64)) != 0
     }
 
     fn removed(&self, r: &Rule) -> bool {
@@ -1380,16 +1432,10 @@ impl Transaction {
                 at = next_rule(&rules, phase, at, rule);
                 continue;
             }
-            if hot.len > 0 {
-                let colls = &rules.hot_targets[hot.start as usize..][..hot.len as usize];
-                if colls
-                    .iter()
-                    .all(|&c| self.known_miss_coll(c as usize, hot.slot))
-                {
-                    self.matched.clear();
-                    at += 1;
-                    continue;
-                }
+            if hot.set > 0 && self.known_miss_set(hot.set as usize - 1, hot.slot) {
+                self.matched.clear();
+                at += 1;
+                continue;
             }
             if self.removed(rule) {
                 at += 1;
@@ -1478,8 +1524,9 @@ impl Transaction {
         }
         let chain = &self.rules.chains[link.transforms as usize];
         let mut local_caps = Vec::new();
+        let memo_slot = link.memo_slot;
         for var in &link.targets {
-            if link.memo_slot.is_some_and(|s| self.known_miss_all(var, s)) {
+            if memo_slot.is_some_and(|s| self.known_miss_all(var, s)) {
                 continue;
             }
             self.each_value(
@@ -1487,12 +1534,13 @@ impl Transaction {
                 Some(starter),
                 &link.exclusions,
                 &extra,
+                memo_slot,
                 &mut |key, value, cell| {
                     let mut caps = Vec::new();
                     let memo = cell.map(|c| self.memo_of(c, value));
                     let owned;
                     let hit_value = if link.multi_match {
-                        self.multi_match(link, chain, value, memo, &mx, &mut caps)
+                        self.multi_match(link, memo_slot, chain, value, memo, &mx, &mut caps)
                             .map(Cow::Owned)
                     } else {
                         let key = link.memo_key(self.rules.chains.len());
@@ -1504,7 +1552,7 @@ impl Transaction {
                                 owned.as_deref().unwrap_or(value)
                             }
                         };
-                        let slot = link.memo_slot.filter(|_| out.is_some());
+                        let slot = memo_slot.filter(|_| out.is_some());
                         let memo = memo.filter(|_| out.is_some());
                         let known_miss =
                             slot.is_some_and(|s| memo.is_some_and(|m| m.known_miss(s)));
@@ -1542,6 +1590,7 @@ impl Transaction {
     fn multi_match(
         &self,
         link: &Rule,
+        memo_slot: Option<u32>,
         chain: &[super::transforms::Transform],
         value: &[u8],
         memo: Option<&Arc<ValueMemo>>,
@@ -1564,7 +1613,7 @@ impl Transaction {
         let key = link.memo_key(self.rules.chains.len());
         let out = memo.and_then(|m| m.out(key, steps));
         let memo = memo.filter(|_| out.is_some());
-        let slot = link.memo_slot.filter(|_| out.is_some());
+        let slot = memo_slot.filter(|_| out.is_some());
         if let (Some(s), Some(m)) = (slot, memo) {
             if m.known_miss(s) {
                 return None;
@@ -1602,8 +1651,13 @@ impl Transaction {
         self.kmemo.resize_with(self.colls.len(), Vec::new);
         self.all_miss.clear();
         self.all_miss.resize_with(self.colls.len(), OnceLock::new);
+        let words = (self.rules.memo_slots as usize).div_ceil(64);
+        self.set_ready.clear();
+        self.set_ready.resize(self.rules.hot_sets.len(), false);
+        self.set_miss.resize(self.rules.hot_sets.len() * words, 0);
         for (c, coll) in self.colls.iter().enumerate() {
-            if i.stable[c] && !i.computed[c] {
+            // Most collections are empty or unchanged since the last phase.
+            if i.stable[c] && !i.computed[c] && self.vmemo[c].len() != coll.len() {
                 self.vmemo[c].resize_with(coll.len(), OnceLock::new);
                 self.kmemo[c].resize_with(coll.len(), OnceLock::new);
             }
