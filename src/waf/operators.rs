@@ -716,7 +716,16 @@ fn contains_word(input: &[u8], p: &[u8]) -> bool {
 
 /// First occurrence of `needle` in `hay` at or after `from`.
 fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    memchr::memmem::find(hay.get(from..)?, needle).map(|at| from + at)
+    let hay = hay.get(from..)?;
+    // Values and parameters are mostly short: a scan for the first byte answers before a
+    // substring searcher is even set up (`@within` searches a new needle every call).
+    if let (Some((&first, rest)), true) = (needle.split_first(), hay.len() <= 512) {
+        let last = hay.len().checked_sub(needle.len())?;
+        return memchr::memchr_iter(first, &hay[..=last])
+            .find(|&i| hay[i + 1..i + needle.len()] == *rest)
+            .map(|at| from + at);
+    }
+    memchr::memmem::find(hay, needle).map(|at| from + at)
 }
 
 /// The leading integer as C's `strtoll` reads it (blanks, sign, digits; the C string ends at
