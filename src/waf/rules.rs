@@ -120,6 +120,58 @@ pub struct SetVar {
     /// of plain text, which then need no expansion pass.
     pub plain_name: Option<String>,
     pub plain_value: bool,
+    /// `plain_name`'s `transaction::tx_key_hash`.
+    pub name_hash: u64,
+    /// The name and the value (of `Set`, `Add`, `Sub`) split into text and macros at load:
+    /// expanding them then needs no scan and no hashing of TX keys.
+    pub name_tpl: Template,
+    pub value_tpl: Template,
+}
+
+/// A text with macros, split at load (`setvar:'tx.%{rule.id}-x=%{tx.0}'`).
+#[derive(Debug, Clone, Default)]
+pub struct Template(pub Vec<Piece>);
+
+#[derive(Debug, Clone)]
+pub enum Piece {
+    Text(String),
+    /// `%{tx.key}`: the key lower-cased (as TX keys are stored) and its `tx_key_hash`.
+    Tx(String, u64),
+    /// Any other macro, by its name as written (`matched_var`, `rule.id`).
+    Macro(String),
+}
+
+impl Template {
+    /// Splits `text` as `Transaction::expand` reads it: `%{name}`, and a `%{` without its
+    /// `}` is text.
+    pub fn parse(text: &str) -> Template {
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        let mut lit = String::new();
+        while let Some(start) = rest.find("%{") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else { break };
+            lit.push_str(&rest[..start]);
+            if !lit.is_empty() {
+                pieces.push(Piece::Text(std::mem::take(&mut lit)));
+            }
+            let name = &after[..end];
+            pieces.push(match name.split_once('.') {
+                Some((c, k)) if c.eq_ignore_ascii_case("tx") => {
+                    let k = k.to_ascii_lowercase();
+                    let h = super::transaction::tx_key_hash(&k);
+                    Piece::Tx(k, h)
+                }
+                _ => Piece::Macro(name.to_string()),
+            });
+            rest = &after[end + 1..];
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            pieces.push(Piece::Text(lit));
+        }
+        Template(pieces)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -612,11 +664,21 @@ fn parse_setvar(v: &str) -> Option<SetVar> {
         }
     };
     let has_macro = |t: &str| t.contains("%{");
+    let plain_name = (!has_macro(name)).then(|| name.to_ascii_lowercase());
+    let value_tpl = match &op {
+        SetOp::Set(v) | SetOp::Add(v) | SetOp::Sub(v) => Template::parse(v),
+        SetOp::Delete => Template::default(),
+    };
     Some(SetVar {
         coll: coll.to_ascii_lowercase(),
-        plain_name: (!has_macro(name)).then(|| name.to_ascii_lowercase()),
+        name_hash: plain_name
+            .as_deref()
+            .map_or(0, super::transaction::tx_key_hash),
+        plain_name,
         plain_value: matches!(&op, SetOp::Set(v) if !has_macro(v)),
+        name_tpl: Template::parse(name),
         name: name.to_string(),
+        value_tpl,
         op,
     })
 }
@@ -1037,5 +1099,32 @@ mod tests {
         assert!(matches!(Sel::regex("^x-"), Ok(Sel::Prefix(_))));
         assert!(matches!(Sel::regex("a.b"), Ok(Sel::Regex(_))));
         assert!(Sel::regex("(").is_err());
+    }
+
+    #[test]
+    fn templates_split_as_expansion_reads_them() {
+        use super::{Piece, Template};
+        let t = Template::parse("/%{TX.Header_0}/-%{rule.id}%{tx}x %{unclosed");
+        let shape: Vec<String> = t
+            .0
+            .iter()
+            .map(|p| match p {
+                Piece::Text(s) => format!("text {s}"),
+                Piece::Tx(k, _) => format!("tx {k}"),
+                Piece::Macro(m) => format!("macro {m}"),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                "text /",
+                "tx header_0",
+                "text /-",
+                "macro rule.id",
+                "macro tx",
+                "text x %{unclosed"
+            ]
+        );
+        assert!(Template::parse("").0.is_empty());
     }
 }

@@ -9,7 +9,8 @@ use super::body::{self, Processor};
 use super::memo::{self, ValueMemo};
 use super::operators::Macros;
 use super::rules::{
-    in_ranges, AllowScope, Ctl, Disruptive, Entry, Mode, Rule, RuleSet, Sel, SetOp, Var,
+    in_ranges, AllowScope, Ctl, Disruptive, Entry, Mode, Piece, Rule, RuleSet, Sel, SetOp,
+    Template, Var,
 };
 use super::seclang::VARIABLES;
 use std::borrow::Cow;
@@ -650,10 +651,10 @@ impl Transaction {
         coll.iter().position(|(k, _)| k == key)
     }
 
-    /// Sets TX variable `key` (lower-case), reusing the old value's buffer. The key is hashed
-    /// once: the CRS set-up rules create ~60 TX variables on every request.
-    fn tx_set(&mut self, key: &str, value: &[u8]) {
-        let hash = tx_key_hash(key);
+    /// Sets TX variable `key` (lower-case), whose `tx_key_hash` is `hash`, reusing the old
+    /// value's buffer. Setvar names are hashed at load: the CRS set-up rules create ~60 TX
+    /// variables on every request.
+    fn tx_set_hashed(&mut self, hash: u64, key: &str, value: &[u8]) {
         match self.tx_pos_hashed(hash, key) {
             Some(at) => {
                 let v = &mut self.colls[ix().tx][at].1;
@@ -1068,6 +1069,36 @@ impl Transaction {
         }
         out.push_str(rest);
         Cow::Owned(out)
+    }
+
+    /// A template (`rules::Template`) expanded, as `expand` expands its text.
+    fn render(&self, rule: Option<&Rule>, t: &Template) -> String {
+        let mut out = String::new();
+        for p in &t.0 {
+            match p {
+                Piece::Text(s) => out.push_str(s),
+                Piece::Tx(k, h) => {
+                    if let Some(at) = self.tx_pos_hashed(*h, k) {
+                        out.push_str(&text_of(&self.colls[ix().tx][at].1));
+                    }
+                }
+                Piece::Macro(name) => self.macro_into(rule, name, &mut out),
+            }
+        }
+        out
+    }
+
+    /// `render` for a text used at once: one piece is borrowed, not copied.
+    fn render_view<'s>(&'s self, rule: Option<&Rule>, t: &'s Template) -> Cow<'s, str> {
+        match t.0.as_slice() {
+            [] => Cow::Borrowed(""),
+            [Piece::Text(s)] => Cow::Borrowed(s),
+            [Piece::Tx(k, h)] => match self.tx_pos_hashed(*h, k) {
+                Some(at) => text_of(&self.colls[ix().tx][at].1),
+                None => Cow::Borrowed(""),
+            },
+            _ => Cow::Owned(self.render(rule, t)),
+        }
     }
 
     /// `expand` for a text used at once, such as an operator's parameter: a text that is one
@@ -1669,16 +1700,6 @@ impl Transaction {
     /// as libmodsecurity 3 does.
     fn link_actions(&mut self, starter: &Rule, link: &Rule) {
         for sv in &link.setvars {
-            // Names are mostly plain lower-case text: no copy then.
-            let name = match &sv.plain_name {
-                Some(n) => Cow::Borrowed(n.as_str()),
-                None => match self.expand(Some(starter), &sv.name) {
-                    Cow::Borrowed(n) if !n.bytes().any(|b| b.is_ascii_uppercase()) => {
-                        Cow::Borrowed(n)
-                    }
-                    n => Cow::Owned(n.to_ascii_lowercase()),
-                },
-            };
             let ci = match sv.coll.as_str() {
                 "tx" => ix().tx,
                 c => match VARIABLES.iter().position(|v| v.eq_ignore_ascii_case(c)) {
@@ -1687,6 +1708,16 @@ impl Transaction {
                 },
             };
             let tx = ci == ix().tx;
+            // Names are mostly plain lower-case text: no copy then, and hashed at load.
+            let (name, hash) = match &sv.plain_name {
+                Some(n) => (Cow::Borrowed(n.as_str()), sv.name_hash),
+                None => {
+                    let mut n = self.render(Some(starter), &sv.name_tpl);
+                    n.make_ascii_lowercase();
+                    let h = if tx { tx_key_hash(&n) } else { 0 };
+                    (Cow::Owned(n), h)
+                }
+            };
             let value = match &sv.op {
                 SetOp::Delete if tx => {
                     self.tx_retain(|k| k != name);
@@ -1696,24 +1727,21 @@ impl Transaction {
                     self.colls[ci].retain(|(k, _)| *k != name);
                     continue;
                 }
-                SetOp::Set(v) if tx => {
-                    let v = match sv.plain_value {
-                        true => Cow::Borrowed(v.as_str()),
-                        false => self.expand(Some(starter), v),
-                    };
-                    self.tx_set(&name, v.as_bytes());
+                SetOp::Set(v) if tx && sv.plain_value => {
+                    self.tx_set_hashed(hash, &name, v.as_bytes());
                     continue;
                 }
-                SetOp::Set(v) => self.expand(Some(starter), v).into_owned(),
-                SetOp::Add(v) | SetOp::Sub(v) => {
+                SetOp::Set(_) => self.render(Some(starter), &sv.value_tpl),
+                SetOp::Add(_) | SetOp::Sub(_) => {
                     // Mostly one TX macro (`+%{tx.critical_anomaly_score}`): read in place.
                     let d: i64 = self
-                        .expand_view(Some(starter), v)
+                        .render_view(Some(starter), &sv.value_tpl)
                         .trim()
                         .parse()
                         .unwrap_or(0);
                     let cur = if tx {
-                        self.tx_pos(&name).map(|at| &self.colls[ci][at])
+                        self.tx_pos_hashed(hash, &name)
+                            .map(|at| &self.colls[ci][at])
                     } else {
                         self.colls[ci].iter().find(|(k, _)| *k == name)
                     };
@@ -1731,7 +1759,7 @@ impl Transaction {
                 }
             };
             if tx {
-                self.tx_set(&name, value.as_bytes());
+                self.tx_set_hashed(hash, &name, value.as_bytes());
                 continue;
             }
             let coll = &mut self.colls[ci];
