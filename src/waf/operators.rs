@@ -23,6 +23,9 @@ mod regex_compat;
 pub trait Macros {
     /// The text with its macros expanded; may borrow from the variables it reads.
     fn expand<'a>(&'a self, text: &'a str) -> Cow<'a, str>;
+    /// TX variable `key` (lower-case), whose `transaction::tx_key_hash` is `hash`: its
+    /// value, empty when unset.
+    fn tx<'a>(&'a self, key: &str, hash: u64) -> &'a [u8];
 }
 
 /// A compiled operator. `@!rx` style negation is part of it.
@@ -61,9 +64,9 @@ enum Kind {
     /// `@rx` whose parameter holds macros: compiled per expanded value, cached.
     RxDynamic(String, Mutex<Vec<(String, Arc<Re>)>>),
     Pm(Option<AhoCorasick>, Vec<Vec<u8>>),
-    /// The parameter, and whether it holds macros to expand at evaluation.
-    Str(StrOp, String, bool),
-    Num(NumOp, String, bool),
+    /// The parameter, and the macros it holds to expand at evaluation.
+    Str(StrOp, String, Dyn),
+    Num(NumOp, String, Dyn),
     IpMatch(Vec<ipnet::IpNet>),
     ByteRange(Box<[bool; 256]>),
     ValidateUrlEncoding,
@@ -72,6 +75,37 @@ enum Kind {
     DetectXss,
     Unconditional,
     NoMatch,
+}
+
+/// The macros of an operator's parameter.
+#[derive(Debug)]
+enum Dyn {
+    No,
+    /// The parameter is one `%{tx.key}` (`@within %{tx.allowed_methods}`): the key
+    /// lower-cased and hashed at load, its value read in place.
+    Tx(String, u64),
+    Yes,
+}
+
+impl Dyn {
+    fn of(param: &str) -> Dyn {
+        if !has_macro(param) {
+            return Dyn::No;
+        }
+        let key = param
+            .strip_prefix("%{")
+            .and_then(|t| t.strip_suffix('}'))
+            .and_then(|t| t.split_once('.'))
+            .filter(|(c, k)| c.eq_ignore_ascii_case("tx") && !k.contains('}') && !has_macro(k));
+        match key {
+            Some((_, k)) => {
+                let k = k.to_ascii_lowercase();
+                let h = super::transaction::tx_key_hash(&k);
+                Dyn::Tx(k, h)
+            }
+            None => Dyn::Yes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -201,51 +235,51 @@ impl Operator {
             }
             "streq" => (
                 "streq",
-                Kind::Str(StrOp::Streq, param.to_string(), has_macro(param)),
+                Kind::Str(StrOp::Streq, param.to_string(), Dyn::of(param)),
             ),
             "beginswith" => (
                 "beginsWith",
-                Kind::Str(StrOp::BeginsWith, param.to_string(), has_macro(param)),
+                Kind::Str(StrOp::BeginsWith, param.to_string(), Dyn::of(param)),
             ),
             "endswith" => (
                 "endsWith",
-                Kind::Str(StrOp::EndsWith, param.to_string(), has_macro(param)),
+                Kind::Str(StrOp::EndsWith, param.to_string(), Dyn::of(param)),
             ),
             "contains" => (
                 "contains",
-                Kind::Str(StrOp::Contains, param.to_string(), has_macro(param)),
+                Kind::Str(StrOp::Contains, param.to_string(), Dyn::of(param)),
             ),
             "strmatch" => (
                 "strmatch",
-                Kind::Str(StrOp::Contains, param.to_string(), has_macro(param)),
+                Kind::Str(StrOp::Contains, param.to_string(), Dyn::of(param)),
             ),
             "containsword" => (
                 "containsWord",
-                Kind::Str(StrOp::ContainsWord, param.to_string(), has_macro(param)),
+                Kind::Str(StrOp::ContainsWord, param.to_string(), Dyn::of(param)),
             ),
             "within" => (
                 "within",
-                Kind::Str(StrOp::Within, param.to_string(), has_macro(param)),
+                Kind::Str(StrOp::Within, param.to_string(), Dyn::of(param)),
             ),
             "eq" => (
                 "eq",
-                Kind::Num(NumOp::Eq, param.to_string(), has_macro(param)),
+                Kind::Num(NumOp::Eq, param.to_string(), Dyn::of(param)),
             ),
             "ge" => (
                 "ge",
-                Kind::Num(NumOp::Ge, param.to_string(), has_macro(param)),
+                Kind::Num(NumOp::Ge, param.to_string(), Dyn::of(param)),
             ),
             "gt" => (
                 "gt",
-                Kind::Num(NumOp::Gt, param.to_string(), has_macro(param)),
+                Kind::Num(NumOp::Gt, param.to_string(), Dyn::of(param)),
             ),
             "le" => (
                 "le",
-                Kind::Num(NumOp::Le, param.to_string(), has_macro(param)),
+                Kind::Num(NumOp::Le, param.to_string(), Dyn::of(param)),
             ),
             "lt" => (
                 "lt",
-                Kind::Num(NumOp::Lt, param.to_string(), has_macro(param)),
+                Kind::Num(NumOp::Lt, param.to_string(), Dyn::of(param)),
             ),
             "ipmatch" => (
                 "ipMatch",
@@ -299,7 +333,7 @@ impl Operator {
     pub fn is_pure(&self) -> bool {
         match &self.kind {
             Kind::RxDynamic(..) => false,
-            Kind::Str(_, _, dynamic) | Kind::Num(_, _, dynamic) => !dynamic,
+            Kind::Str(_, _, d) | Kind::Num(_, _, d) => matches!(d, Dyn::No),
             _ => true,
         }
     }
@@ -308,7 +342,7 @@ impl Operator {
     /// parameter read once, as `matches` would read it on every call.
     pub fn num_test(&self) -> Option<NumTest> {
         match &self.kind {
-            Kind::Num(op, param, false) => Some(NumTest {
+            Kind::Num(op, param, Dyn::No) => Some(NumTest {
                 op: *op,
                 rhs: op.read(param.as_bytes()),
                 negated: self.negated,
@@ -399,14 +433,8 @@ impl Operator {
                 }
                 None => false,
             },
-            Kind::Str(op, param, dynamic) => {
-                let p = expand(param, *dynamic, macros);
-                str_op(*op, input, p.as_bytes())
-            }
-            Kind::Num(op, param, dynamic) => {
-                let p = expand(param, *dynamic, macros);
-                op.compare(input, op.read(p.as_bytes()))
-            }
+            Kind::Str(op, param, d) => str_op(*op, input, &expand(param, d, macros)),
+            Kind::Num(op, param, d) => op.compare(input, op.read(&expand(param, d, macros))),
             Kind::IpMatch(nets) => ip_in(nets, input),
             Kind::ByteRange(allowed) => input.iter().any(|&b| !allowed[usize::from(b)]),
             Kind::ValidateUrlEncoding => invalid_url_encoding(input),
@@ -441,11 +469,14 @@ fn has_macro(param: &str) -> bool {
 
 /// The parameter with its macros expanded; without macros, the parameter itself (no
 /// allocation on the common path).
-fn expand<'a>(param: &'a str, dynamic: bool, macros: &'a dyn Macros) -> Cow<'a, str> {
-    if dynamic {
-        macros.expand(param)
-    } else {
-        Cow::Borrowed(param)
+fn expand<'a>(param: &'a str, d: &Dyn, macros: &'a dyn Macros) -> Cow<'a, [u8]> {
+    match d {
+        Dyn::No => Cow::Borrowed(param.as_bytes()),
+        Dyn::Tx(key, hash) => Cow::Borrowed(macros.tx(key, *hash)),
+        Dyn::Yes => match macros.expand(param) {
+            Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+            Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+        },
     }
 }
 
@@ -901,6 +932,12 @@ mod tests {
         fn expand<'a>(&self, text: &'a str) -> Cow<'a, str> {
             Cow::Owned(text.replace("%{tx.allowed}", "GET HEAD POST"))
         }
+        fn tx<'a>(&'a self, key: &str, _: u64) -> &'a [u8] {
+            match key {
+                "allowed" => b"GET HEAD POST",
+                _ => b"",
+            }
+        }
     }
 
     fn op(name: &str, param: &str) -> Operator {
@@ -1056,6 +1093,9 @@ mod recorded {
         fn expand<'a>(&self, text: &'a str) -> Cow<'a, str> {
             Cow::Borrowed(text)
         }
+        fn tx<'a>(&'a self, _: &str, _: u64) -> &'a [u8] {
+            b""
+        }
     }
 
     fn unescape(s: &str) -> Vec<u8> {
@@ -1174,6 +1214,9 @@ mod vectors {
     impl Macros for NoMacros {
         fn expand<'a>(&self, text: &'a str) -> Cow<'a, str> {
             Cow::Borrowed(text)
+        }
+        fn tx<'a>(&'a self, _: &str, _: u64) -> &'a [u8] {
+            b""
         }
     }
 
@@ -1411,6 +1454,9 @@ mod crs {
         fn expand<'a>(&self, text: &'a str) -> Cow<'a, str> {
             Cow::Borrowed(text)
         }
+        fn tx<'a>(&'a self, _: &str, _: u64) -> &'a [u8] {
+            b""
+        }
     }
 
     fn fnv1a(b: &[u8]) -> u64 {
@@ -1598,6 +1644,9 @@ mod pcre_generated {
     impl Macros for NoMacros {
         fn expand<'a>(&self, text: &'a str) -> Cow<'a, str> {
             Cow::Borrowed(text)
+        }
+        fn tx<'a>(&'a self, _: &str, _: u64) -> &'a [u8] {
+            b""
         }
     }
 

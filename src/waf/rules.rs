@@ -1105,15 +1105,14 @@ mod tests {
     fn templates_split_as_expansion_reads_them() {
         use super::{Piece, Template};
         let t = Template::parse("/%{TX.Header_0}/-%{rule.id}%{tx}x %{unclosed");
-        let shape: Vec<String> = t
-            .0
-            .iter()
-            .map(|p| match p {
-                Piece::Text(s) => format!("text {s}"),
-                Piece::Tx(k, _) => format!("tx {k}"),
-                Piece::Macro(m) => format!("macro {m}"),
-            })
-            .collect();
+        let shape: Vec<String> =
+            t.0.iter()
+                .map(|p| match p {
+                    Piece::Text(s) => format!("text {s}"),
+                    Piece::Tx(k, _) => format!("tx {k}"),
+                    Piece::Macro(m) => format!("macro {m}"),
+                })
+                .collect();
         assert_eq!(
             shape,
             [

@@ -541,6 +541,13 @@ impl Macros for Mx<'_> {
     fn expand<'b>(&'b self, text: &'b str) -> Cow<'b, str> {
         self.tx.expand_view(self.rule, text)
     }
+
+    fn tx<'b>(&'b self, key: &str, hash: u64) -> &'b [u8] {
+        match self.tx.tx_pos_hashed(hash, key) {
+            Some(at) => &self.tx.colls[ix().tx][at].1,
+            None => b"",
+        }
+    }
 }
 
 impl Drop for Transaction {
