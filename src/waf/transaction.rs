@@ -175,6 +175,10 @@ struct Ix {
     args_both: [usize; 2],
     /// For a `*_NAMES` collection of one stored collection: that collection.
     names_of: Vec<Option<usize>>,
+    /// Per stored collection, the computed ones made of it (ARGS and ARGS_NAMES of
+    /// ARGS_GET, REQUEST_HEADERS_NAMES of REQUEST_HEADERS), and whether there are any.
+    unions: Vec<Vec<usize>>,
+    has_union: Vec<bool>,
     /// Values that stay at their address for a phase (cacheable by address): everything
     /// but the collections rules write to and the matched values.
     stable: Vec<bool>,
@@ -204,6 +208,29 @@ fn ix() -> &'static Ix {
     static IX: std::sync::OnceLock<Ix> = std::sync::OnceLock::new();
     IX.get_or_init(|| {
         let table = |f: &dyn Fn(&str) -> bool| VARIABLES.iter().map(|v| f(v)).collect();
+        let names_of: Vec<Option<usize>> = VARIABLES
+            .iter()
+            .map(|v| match *v {
+                "ARGS_GET_NAMES" => Some(vi("ARGS_GET")),
+                "ARGS_POST_NAMES" => Some(vi("ARGS_POST")),
+                "REQUEST_HEADERS_NAMES" => Some(vi("REQUEST_HEADERS")),
+                "REQUEST_COOKIES_NAMES" => Some(vi("REQUEST_COOKIES")),
+                "FILES_NAMES" => Some(vi("FILES")),
+                "RESPONSE_HEADERS_NAMES" => Some(vi("RESPONSE_HEADERS")),
+                _ => None,
+            })
+            .collect();
+        let unions: Vec<Vec<usize>> = (0..VARIABLES.len())
+            .map(|c| {
+                let mut u = Vec::new();
+                if c == vi("ARGS_GET") || c == vi("ARGS_POST") {
+                    u.extend([vi("ARGS"), vi("ARGS_NAMES")]);
+                }
+                u.extend((0..VARIABLES.len()).filter(|&d| names_of[d] == Some(c)));
+                u
+            })
+            .collect();
+        let has_union = unions.iter().map(|u| !u.is_empty()).collect();
         Ix {
             args: vi("ARGS"),
             args_get: vi("ARGS_GET"),
@@ -246,18 +273,9 @@ fn ix() -> &'static Ix {
             time: table(&|v| v.starts_with("TIME")),
             own: (0..VARIABLES.len()).collect(),
             args_both: [vi("ARGS_GET"), vi("ARGS_POST")],
-            names_of: VARIABLES
-                .iter()
-                .map(|v| match *v {
-                    "ARGS_GET_NAMES" => Some(vi("ARGS_GET")),
-                    "ARGS_POST_NAMES" => Some(vi("ARGS_POST")),
-                    "REQUEST_HEADERS_NAMES" => Some(vi("REQUEST_HEADERS")),
-                    "REQUEST_COOKIES_NAMES" => Some(vi("REQUEST_COOKIES")),
-                    "FILES_NAMES" => Some(vi("FILES")),
-                    "RESPONSE_HEADERS_NAMES" => Some(vi("RESPONSE_HEADERS")),
-                    _ => None,
-                })
-                .collect(),
+            unions,
+            has_union,
+            names_of,
             stable: table(&|v| {
                 !matches!(
                     v,
@@ -712,9 +730,46 @@ impl Transaction {
     }
 
     fn set_scalar(&mut self, name: &str, value: Vec<u8>) {
-        let coll = &mut self.colls[vi(name)];
+        let c = vi(name);
+        let coll = &mut self.colls[c];
         coll.clear();
         coll.push((String::new(), value));
+        self.forget_memos(c);
+    }
+
+    /// Collection `c` changed in place: its values' memo cells, and what was worked out from
+    /// them, belong to the old values (a `ctl:requestBodyProcessor` rewrites
+    /// REQBODY_PROCESSOR in the middle of phase 1; the body's collections are filled
+    /// between phases 1 and 2).
+    fn forget_memos(&mut self, c: usize) {
+        if let Some(m) = self.vmemo.get_mut(c) {
+            m.clear();
+        }
+        if let Some(m) = self.kmemo.get_mut(c) {
+            m.clear();
+        }
+        self.forget_misses(c);
+    }
+
+    /// The `all_miss` words of collection `c` and of the collections made of it (ARGS and
+    /// ARGS_NAMES of ARGS_GET and ARGS_POST, a `*_NAMES` of its collection).
+    fn forget_misses(&mut self, c: usize) {
+        if self.all_miss.get(c).is_none_or(|w| w.get().is_none()) && !ix().has_union[c] {
+            return;
+        }
+        for &d in std::iter::once(&c).chain(&ix().unions[c]) {
+            if let Some(w) = self.all_miss.get_mut(d) {
+                *w = OnceLock::new();
+            }
+        }
+        self.set_ready.fill(false);
+    }
+
+    /// Every memo cell and miss word: the phase's values are new (response phases).
+    fn forget_all_memos(&mut self) {
+        self.vmemo.iter_mut().for_each(Vec::clear);
+        self.kmemo.iter_mut().for_each(Vec::clear);
+        self.all_miss.clear();
     }
 
     /// The connection: client and server addresses.
@@ -914,6 +969,9 @@ impl Transaction {
         let i = ix();
         if let Some(p) = self.processor.take() {
             let parsed = p.finish();
+            for c in [i.args_post, i.files, i.files_sizes, i.part_headers, i.xml] {
+                self.forget_memos(c);
+            }
             self.colls[i.args_post] = parsed
                 .args
                 .into_iter()
@@ -978,9 +1036,8 @@ impl Transaction {
             .map(|(k, v)| k.len() + v.len())
             .sum();
         self.set_scalar("ARGS_COMBINED_SIZE", combined.to_string().into_bytes());
-        // Values changed: memo cells of the previous phase belong to other values.
-        self.vmemo.iter_mut().for_each(Vec::clear);
-        self.kmemo.iter_mut().for_each(Vec::clear);
+        // The memo cells of phase 1's values stay (headers, cookies, query arguments): those
+        // collections did not change, and the ones that did were forgotten as they changed.
         self.run_phase(2)
     }
 
@@ -1008,8 +1065,7 @@ impl Transaction {
             stored.push((name.to_string(), value.to_vec()));
         }
         self.colls[i.response_headers] = stored;
-        self.vmemo.iter_mut().for_each(Vec::clear);
-        self.kmemo.iter_mut().for_each(Vec::clear);
+        self.forget_all_memos();
         self.run_phase(3)
     }
 
@@ -1021,8 +1077,7 @@ impl Transaction {
         }
         self.done_phases = self.done_phases.max(3);
         self.set_scalar("RESPONSE_BODY", body);
-        self.vmemo.iter_mut().for_each(Vec::clear);
-        self.kmemo.iter_mut().for_each(Vec::clear);
+        self.forget_all_memos();
         self.run_phase(4)
     }
 
@@ -1687,17 +1742,20 @@ impl Transaction {
         let i = ix();
         self.vmemo.resize_with(self.colls.len(), Vec::new);
         self.kmemo.resize_with(self.colls.len(), Vec::new);
-        self.all_miss.clear();
+        // Kept from the last phase for collections that did not change (the misses a value
+        // is known for only grow, so the words stay true).
         self.all_miss.resize_with(self.colls.len(), OnceLock::new);
         let words = (self.rules.memo_slots as usize).div_ceil(64);
         self.set_ready.clear();
         self.set_ready.resize(self.rules.hot_sets.len(), false);
         self.set_miss.resize(self.rules.hot_sets.len() * words, 0);
-        for (c, coll) in self.colls.iter().enumerate() {
+        for c in 0..self.colls.len() {
             // Most collections are empty or unchanged since the last phase.
-            if i.stable[c] && !i.computed[c] && self.vmemo[c].len() != coll.len() {
-                self.vmemo[c].resize_with(coll.len(), OnceLock::new);
-                self.kmemo[c].resize_with(coll.len(), OnceLock::new);
+            let len = self.colls[c].len();
+            if i.stable[c] && !i.computed[c] && self.vmemo[c].len() != len {
+                self.vmemo[c].resize_with(len, OnceLock::new);
+                self.kmemo[c].resize_with(len, OnceLock::new);
+                self.forget_misses(c);
             }
         }
     }
@@ -1934,6 +1992,29 @@ mod tests {
         t.add_header("User-Agent", b"test");
         t.process_request_headers()
             .or_else(|| t.process_request_body())
+    }
+
+    #[test]
+    fn a_value_rewritten_by_ctl_is_not_judged_by_the_old_values_memo() {
+        // Rule 3 misses the empty REQBODY_PROCESSOR of the first request, which the value
+        // memo remembers; in the second, rule 1 reads the empty value first, then a ctl sets
+        // it to JSON: rule 3 must see JSON, not the remembered miss of "".
+        let set = Arc::new(
+            RuleSet::parse(
+                "SecRule REQBODY_PROCESSOR \"@streq nothing\" \"id:1,phase:1,pass,nolog\"\n\
+                 SecRule REQUEST_HEADERS:X-Json \"@streq yes\" \
+                 \"id:2,phase:1,pass,nolog,ctl:requestBodyProcessor=JSON\"\n\
+                 SecRule REQBODY_PROCESSOR \"@streq JSON\" \"id:3,phase:1,deny,status:403\"\n",
+            )
+            .expect("rules load"),
+        );
+        let mut first = Transaction::new(set.clone(), Mode::On, "t1");
+        assert!(get(&mut first, "/").is_none());
+        drop(first);
+        let mut second = Transaction::new(set, Mode::On, "t2");
+        second.add_header("X-Json", b"yes");
+        let refused = get(&mut second, "/").expect("rule 3 refuses");
+        assert_eq!(refused.rule_id, 3);
     }
 
     #[test]
