@@ -142,6 +142,17 @@ pub enum Piece {
 }
 
 impl Template {
+    /// A capacity for the expanded text: the text pieces, and 16 bytes per macro.
+    pub fn len_hint(&self) -> usize {
+        self.0
+            .iter()
+            .map(|p| match p {
+                Piece::Text(s) => s.len(),
+                _ => 16,
+            })
+            .sum()
+    }
+
     /// Splits `text` as `Transaction::expand` reads it: `%{name}`, and a `%{` without its
     /// `}` is text.
     pub fn parse(text: &str) -> Template {

@@ -1135,7 +1135,8 @@ impl Transaction {
 
     /// A template (`rules::Template`) expanded, as `expand` expands its text.
     fn render(&self, rule: Option<&Rule>, t: &Template) -> String {
-        let mut out = String::new();
+        // Sized once: macros mostly expand to short numbers and names.
+        let mut out = String::with_capacity(t.len_hint());
         for p in &t.0 {
             match p {
                 Piece::Text(s) => out.push_str(s),
