@@ -138,9 +138,14 @@ fn vi(name: &str) -> usize {
 
 /// `vi` for a name that may not be a variable (upper-case, as `VARIABLES` spells them).
 fn find_variable(name: &str) -> Option<usize> {
-    static BY_NAME: std::sync::OnceLock<HashMap<&'static str, usize>> = std::sync::OnceLock::new();
-    let by_name =
-        BY_NAME.get_or_init(|| VARIABLES.iter().enumerate().map(|(i, v)| (*v, i)).collect());
+    // Names come from the engine and the rule files, not from requests: a fixed seed.
+    type ByName = HashMap<&'static str, usize, foldhash::fast::FixedState>;
+    static BY_NAME: std::sync::OnceLock<ByName> = std::sync::OnceLock::new();
+    let by_name = BY_NAME.get_or_init(|| {
+        let mut m = ByName::with_hasher(foldhash::fast::FixedState::with_seed(0));
+        m.extend(VARIABLES.iter().enumerate().map(|(i, v)| (*v, i)));
+        m
+    });
     by_name.get(name).copied()
 }
 
