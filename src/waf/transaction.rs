@@ -103,13 +103,14 @@ pub struct Transaction {
     allow: Option<AllowScope>,
     done_phases: u8,
     /// Memo cells of stored values and of their keys, by collection and position (made ready
-    /// per phase; values do not move within one).
+    /// per phase, kept until their collection changes: see `forget_memos`).
     vmemo: Vec<Vec<MemoCell>>,
     kmemo: Vec<Vec<MemoCell>>,
-    /// Per target collection, made when a rule first needs it in a phase: the memo slots
-    /// known not to match any of the collection's values (the AND of their miss bits). A
-    /// link whose bit is set there cannot match that target, whatever its selector and
-    /// exclusions keep, so it is passed over without visiting the values one by one.
+    /// Per target collection, made when a rule first needs it and kept while the collection
+    /// does not change: the memo slots known not to match any of the collection's values (the
+    /// AND of their miss bits). A link whose bit is set there cannot match that target,
+    /// whatever its selector and exclusions keep, so it is passed over without visiting the
+    /// values one by one.
     all_miss: Vec<OnceLock<Box<[u64]>>>,
     /// The same per target set (`RuleSet::hot_sets`), `words` u64s each from
     /// `set_miss[set * words]`, made when a rule first needs it in a phase (`set_ready`).
