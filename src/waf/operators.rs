@@ -66,7 +66,8 @@ enum Kind {
     Pm(Option<AhoCorasick>, Vec<Vec<u8>>),
     /// The parameter, and the macros it holds to expand at evaluation.
     Str(StrOp, String, Dyn),
-    Num(NumOp, String, Dyn),
+    /// With a constant parameter, the parameter read once (as `NumOp::read` reads it).
+    Num(NumOp, String, Dyn, i64),
     IpMatch(Vec<ipnet::IpNet>),
     ByteRange(Box<[bool; 256]>),
     ValidateUrlEncoding,
@@ -261,26 +262,11 @@ impl Operator {
                 "within",
                 Kind::Str(StrOp::Within, param.to_string(), Dyn::of(param)),
             ),
-            "eq" => (
-                "eq",
-                Kind::Num(NumOp::Eq, param.to_string(), Dyn::of(param)),
-            ),
-            "ge" => (
-                "ge",
-                Kind::Num(NumOp::Ge, param.to_string(), Dyn::of(param)),
-            ),
-            "gt" => (
-                "gt",
-                Kind::Num(NumOp::Gt, param.to_string(), Dyn::of(param)),
-            ),
-            "le" => (
-                "le",
-                Kind::Num(NumOp::Le, param.to_string(), Dyn::of(param)),
-            ),
-            "lt" => (
-                "lt",
-                Kind::Num(NumOp::Lt, param.to_string(), Dyn::of(param)),
-            ),
+            "eq" => ("eq", num(NumOp::Eq, param)),
+            "ge" => ("ge", num(NumOp::Ge, param)),
+            "gt" => ("gt", num(NumOp::Gt, param)),
+            "le" => ("le", num(NumOp::Le, param)),
+            "lt" => ("lt", num(NumOp::Lt, param)),
             "ipmatch" => (
                 "ipMatch",
                 Kind::IpMatch(
@@ -333,7 +319,7 @@ impl Operator {
     pub fn is_pure(&self) -> bool {
         match &self.kind {
             Kind::RxDynamic(..) => false,
-            Kind::Str(_, _, d) | Kind::Num(_, _, d) => matches!(d, Dyn::No),
+            Kind::Str(_, _, d) | Kind::Num(_, _, d, _) => matches!(d, Dyn::No),
             _ => true,
         }
     }
@@ -342,9 +328,9 @@ impl Operator {
     /// parameter read once, as `matches` would read it on every call.
     pub fn num_test(&self) -> Option<NumTest> {
         match &self.kind {
-            Kind::Num(op, param, Dyn::No) => Some(NumTest {
+            Kind::Num(op, _, Dyn::No, rhs) => Some(NumTest {
                 op: *op,
-                rhs: op.read(param.as_bytes()),
+                rhs: *rhs,
                 negated: self.negated,
             }),
             _ => None,
@@ -434,7 +420,8 @@ impl Operator {
                 None => false,
             },
             Kind::Str(op, param, d) => str_op(*op, input, &expand(param, d, macros)),
-            Kind::Num(op, param, d) => op.compare(input, op.read(&expand(param, d, macros))),
+            Kind::Num(op, _, Dyn::No, rhs) => op.compare(input, *rhs),
+            Kind::Num(op, param, d, _) => op.compare(input, op.read(&expand(param, d, macros))),
             Kind::IpMatch(nets) => ip_in(nets, input),
             Kind::ByteRange(allowed) => input.iter().any(|&b| !allowed[usize::from(b)]),
             Kind::ValidateUrlEncoding => invalid_url_encoding(input),
@@ -461,6 +448,16 @@ impl Operator {
         };
         hit != self.negated
     }
+}
+
+/// A numeric comparison; a constant parameter is read at load.
+fn num(op: NumOp, param: &str) -> Kind {
+    Kind::Num(
+        op,
+        param.to_string(),
+        Dyn::of(param),
+        op.read(param.as_bytes()),
+    )
 }
 
 fn has_macro(param: &str) -> bool {
