@@ -128,6 +128,48 @@ pub struct SetVar {
     pub value_tpl: Template,
 }
 
+/// A piece of a text with macros: text, or the name inside a `%{…}`.
+pub enum Raw<'a> {
+    Text(&'a str),
+    Macro(&'a str),
+}
+
+/// Where the first `%{` of a macro starts. Setvar names and values are short, and a byte
+/// scan answers before a substring searcher is even set up.
+pub fn macro_at(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut from = 0;
+    while let Some(i) = b[from..].iter().position(|&c| c == b'%') {
+        let at = from + i;
+        if b.get(at + 1) == Some(&b'{') {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// Hands `f` the pieces of `text` in order, as macro expansion reads them: a `%{` without its
+/// `}` is text. Empty text pieces are left out.
+pub fn split_macros<'a>(text: &'a str, mut f: impl FnMut(Raw<'a>)) {
+    let mut rest = text;
+    while let Some(start) = macro_at(rest) {
+        let after = &rest[start + 2..];
+        // A byte scan: macro names are a few bytes long, too short for a searcher.
+        let Some(end) = after.bytes().position(|b| b == b'}') else {
+            break;
+        };
+        if start > 0 {
+            f(Raw::Text(&rest[..start]));
+        }
+        f(Raw::Macro(&after[..end]));
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        f(Raw::Text(rest));
+    }
+}
+
 /// A text with macros, split at load (`setvar:'tx.%{rule.id}-x=%{tx.0}'`).
 #[derive(Debug, Clone, Default)]
 pub struct Template(pub Vec<Piece>);
@@ -157,27 +199,23 @@ impl Template {
     /// `}` is text.
     pub fn parse(text: &str) -> Template {
         let mut pieces = Vec::new();
-        let mut rest = text;
         let mut lit = String::new();
-        while let Some(start) = rest.find("%{") {
-            let after = &rest[start + 2..];
-            let Some(end) = after.find('}') else { break };
-            lit.push_str(&rest[..start]);
-            if !lit.is_empty() {
-                pieces.push(Piece::Text(std::mem::take(&mut lit)));
-            }
-            let name = &after[..end];
-            pieces.push(match name.split_once('.') {
-                Some((c, k)) if c.eq_ignore_ascii_case("tx") => {
-                    let k = k.to_ascii_lowercase();
-                    let h = super::transaction::tx_key_hash(&k);
-                    Piece::Tx(k, h)
+        split_macros(text, |raw| match raw {
+            Raw::Text(t) => lit.push_str(t),
+            Raw::Macro(name) => {
+                if !lit.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut lit)));
                 }
-                _ => Piece::Macro(name.to_string()),
-            });
-            rest = &after[end + 1..];
-        }
-        lit.push_str(rest);
+                pieces.push(match name.split_once('.') {
+                    Some((c, k)) if c.eq_ignore_ascii_case("tx") => {
+                        let k = k.to_ascii_lowercase();
+                        let h = super::transaction::tx_key_hash(&k);
+                        Piece::Tx(k, h)
+                    }
+                    _ => Piece::Macro(name.to_string()),
+                });
+            }
+        });
         if !lit.is_empty() {
             pieces.push(Piece::Text(lit));
         }

@@ -9,8 +9,8 @@ use super::body::{self, Processor};
 use super::memo::{self, ValueMemo};
 use super::operators::Macros;
 use super::rules::{
-    in_ranges, AllowScope, Ctl, Disruptive, Entry, Mode, Piece, Rule, RuleSet, Sel, SetOp,
-    Template, Var,
+    in_ranges, macro_at, split_macros, AllowScope, Ctl, Disruptive, Entry, Mode, Piece, Raw, Rule,
+    RuleSet, Sel, SetOp, Template, Var,
 };
 use super::seclang::VARIABLES;
 use std::borrow::Cow;
@@ -401,21 +401,6 @@ impl Buffers {
     }
 }
 
-/// Where the first `%{` of a macro starts. Setvar names and values are short, and a byte
-/// scan answers before a substring searcher is even set up.
-fn macro_at(text: &str) -> Option<usize> {
-    let b = text.as_bytes();
-    let mut from = 0;
-    while let Some(i) = b[from..].iter().position(|&c| c == b'%') {
-        let at = from + i;
-        if b.get(at + 1) == Some(&b'{') {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-    None
-}
-
 /// A stored value as text: borrowed when it is UTF-8 (the check is much faster than the
 /// lossy conversion's chunk walk), else with replacement characters.
 fn text_of(v: &[u8]) -> Cow<'_, str> {
@@ -563,7 +548,7 @@ struct Mx<'a> {
 
 impl Macros for Mx<'_> {
     fn expand<'b>(&'b self, text: &'b str) -> Cow<'b, str> {
-        self.tx.expand_view(self.rule, text)
+        self.tx.expand(self.rule, text)
     }
 
     fn tx<'b>(&'b self, key: &str, hash: u64) -> &'b [u8] {
@@ -1122,20 +1107,10 @@ impl Transaction {
             return Cow::Borrowed(text);
         }
         let mut out = String::with_capacity(text.len() + 16);
-        let mut rest = text;
-        while let Some(start) = macro_at(rest) {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            // A byte scan: macro names are a few bytes long, too short for a searcher.
-            let Some(end) = after.bytes().position(|b| b == b'}') else {
-                out.push_str(&rest[start..]);
-                rest = "";
-                break;
-            };
-            self.macro_into(rule, &after[..end], &mut out);
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
+        split_macros(text, |raw| match raw {
+            Raw::Text(t) => out.push_str(t),
+            Raw::Macro(name) => self.macro_into(rule, name, &mut out),
+        });
         Cow::Owned(out)
     }
 
@@ -1167,28 +1142,6 @@ impl Transaction {
                 None => Cow::Borrowed(""),
             },
             _ => Cow::Owned(self.render(rule, t)),
-        }
-    }
-
-    /// `expand` for a text used at once, such as an operator's parameter: a text that is one
-    /// `%{tx.key}` macro (`@within %{tx.restricted_headers}`) borrows the variable's value
-    /// instead of copying it.
-    fn expand_view<'s>(&'s self, rule: Option<&Rule>, text: &'s str) -> Cow<'s, str> {
-        let key = text
-            .strip_prefix("%{")
-            .and_then(|t| t.strip_suffix('}'))
-            .and_then(|t| t.split_once('.'))
-            .filter(|(c, k)| {
-                c.eq_ignore_ascii_case("tx")
-                    && !k.bytes().any(|b| b == b'}' || b.is_ascii_uppercase())
-                    && macro_at(k).is_none()
-            });
-        match key {
-            Some((_, k)) => match self.tx_pos(k) {
-                Some(at) => text_of(&self.colls[ix().tx][at].1),
-                None => Cow::Borrowed(""),
-            },
-            None => self.expand(rule, text),
         }
     }
 
