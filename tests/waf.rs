@@ -111,16 +111,16 @@ fn block_mode_refuses_attacks_in_query_and_body_and_passes_citizens() {
     );
     // Phase 5 runs after the other phases, refused or not: the CRS's correlation line with
     // the score per attack type.
-    wait_until("980130", std::time::Duration::from_secs(5), || {
+    let correlation = || {
         g.log_text()
             .lines()
-            .any(|l| l.contains("rule_id=980130") && l.contains(&format!("request_id={rid}")))
+            .find(|l| l.contains("rule_id=980130") && l.contains(&format!("request_id={rid}")))
+            .map(str::to_string)
+    };
+    wait_until("980130", std::time::Duration::from_secs(5), || {
+        correlation().is_some()
     });
-    let log = g.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("rule_id=980130") && l.contains(&format!("request_id={rid}")))
-        .unwrap_or_default();
+    let line = correlation().unwrap_or_default();
     assert!(line.contains("SQLI=") && line.contains("phase=5"), "{line}");
     let m = request(g.admin, "GET", Some("admin"), "/metrics", &[], "").unwrap();
     let blocks: f64 = m
@@ -131,6 +131,14 @@ fn block_mode_refuses_attacks_in_query_and_body_and_passes_citizens() {
         .and_then(|v| v.parse().ok())
         .expect("cong_waf_blocks_total for the tenant");
     assert!(blocks >= 3.0, "{blocks}");
+}
+
+/// The head of a form POST to /gop-y announcing `len` bytes of body.
+fn form_head(len: usize) -> String {
+    format!(
+        "POST /gop-y HTTP/1.1\r\nHost: sotp.gov.vn\r\nUser-Agent: Mozilla/5.0\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len}\r\n\r\n"
+    )
 }
 
 #[test]
@@ -145,12 +153,8 @@ fn small_bodies_are_inspected_before_the_backend_sees_the_request() {
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     let mut post = |body: &str| {
-        let req = format!(
-            "POST /gop-y HTTP/1.1\r\nHost: sotp.gov.vn\r\nUser-Agent: Mozilla/5.0\r\n\
-             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).unwrap();
+        s.write_all(format!("{}{body}", form_head(body.len())).as_bytes())
+            .unwrap();
         read_response(s.try_clone().unwrap(), false).unwrap()
     };
     // A citizen's form reaches the backend byte for byte.
@@ -191,16 +195,9 @@ fn a_body_cut_short_is_inspected_for_the_record() {
     let heads = b.heads();
     let part = "noi_dung=%3Cscript%3Ealert(document.cookie)%3C%2Fscript%3E&ho_ten=";
     let mut s = std::net::TcpStream::connect(g.listen).unwrap();
-    write!(
-        s,
-        "POST /gop-y HTTP/1.1\r\nHost: sotp.gov.vn\r\nUser-Agent: Mozilla/5.0\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{part}",
-        part.len() + 100
-    )
-    .unwrap();
+    write!(s, "{}{part}", form_head(part.len() + 100)).unwrap();
     s.flush().unwrap();
-    // The gateway has the head and part of the body; then the client is gone.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The gateway gets the head and part of the body; then the client is gone.
     s.shutdown(std::net::Shutdown::Both).unwrap();
     drop(s);
     wait_until(
