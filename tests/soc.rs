@@ -412,10 +412,12 @@ impl Setup {
         self.state.path().join("archive").join("events.log")
     }
 
-    /// JSON lines of the local archive.
+    /// JSON lines of the local archive: the complete ones (the gateway may be writing the
+    /// last one while the test reads).
     fn archive_json(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.archive())
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(self.archive()).unwrap_or_default();
+        let complete = &text[..text.rfind('\n').map_or(0, |n| n + 1)];
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).expect("archive line is JSON"))
             .collect()
