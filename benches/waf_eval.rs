@@ -15,7 +15,7 @@
 //! instead of the CRS (to weigh one kind of rule; the verdict checks are then skipped).
 
 use cong::waf::rules::{Mode, RuleSet};
-use cong::waf::transaction::Transaction;
+use cong::waf::transaction::{Exclusions, Plan, Transaction};
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -160,11 +160,32 @@ fn evaluate(rules: &Arc<RuleSet>, r: &Req) -> bool {
     evaluate_with(rules, r, "_ga=GA1.2.1234567890.1700000000; lang=vi")
 }
 
+/// The TX settings of a `block` tenant at paranoia 1.
+const SETTINGS: [(&str, &str); 4] = [
+    ("paranoia_level", "1"),
+    ("executing_paranoia_level", "1"),
+    ("inbound_anomaly_score_threshold", "5"),
+    ("outbound_anomaly_score_threshold", "4"),
+];
+
+/// The tenant's plan, made once per rule set as the gateway makes it at start-up.
+fn plan(rules: &Arc<RuleSet>) -> Arc<Plan> {
+    static PLAN: std::sync::OnceLock<Arc<Plan>> = std::sync::OnceLock::new();
+    PLAN.get_or_init(|| Arc::new(Plan::build(rules, &SETTINGS, &Exclusions::default())))
+        .clone()
+}
+
 fn evaluate_with(rules: &Arc<RuleSet>, r: &Req<'_>, cookie: &str) -> bool {
     let mut t = Transaction::new(rules.clone(), Mode::On, "bench-request-id");
-    t.set_tx("paranoia_level", "1");
-    t.set_tx("executing_paranoia_level", "1");
-    t.set_tx("inbound_anomaly_score_threshold", "5");
+    // `WAF_EVAL_NO_PLAN=1`: every rule evaluated per request, as before plans (to compare).
+    static NO_PLAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *NO_PLAN.get_or_init(|| std::env::var_os("WAF_EVAL_NO_PLAN").is_some()) {
+        for (k, v) in SETTINGS {
+            t.set_tx(k, v);
+        }
+    } else {
+        t.follow(&plan(rules));
+    }
     let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
     t.set_connection(lo, 50_000, lo, 8080);
     t.set_request_line(r.method, r.uri, "HTTP/1.1");

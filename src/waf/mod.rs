@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-pub use transaction::{BodyLimits, Exclusions, Intervention, Transaction};
+pub use transaction::{BodyLimits, Exclusions, Intervention, Plan, Plans, Transaction};
 
 /// The rule files used when `[waf] rules` is not set: CRS as Debian installs it.
 pub const DEFAULT_RULES: &str = "/usr/share/modsecurity-crs/owasp-crs.load";
@@ -61,6 +61,8 @@ pub struct TenantWaf {
     /// Exclusions that apply under a path prefix (normalised path).
     by_path: Vec<(String, Exclusions)>,
     limits: BodyLimits,
+    /// What these settings fix before any request (TX set-up, paranoia-level jumps).
+    plan: Option<Arc<Plan>>,
 }
 
 impl Default for TenantWaf {
@@ -75,6 +77,7 @@ impl Default for TenantWaf {
             always: Exclusions::default(),
             by_path: Vec::new(),
             limits: BodyLimits::default(),
+            plan: None,
         }
     }
 }
@@ -115,6 +118,7 @@ pub struct Global {
     limits: BodyLimits,
     response: Arc<ResponseInspection>,
     sets: HashMap<Vec<PathBuf>, Arc<RuleSet>>,
+    plans: Plans,
 }
 
 impl Global {
@@ -192,6 +196,7 @@ impl Global {
             limits,
             response: Arc::new(response),
             sets: HashMap::new(),
+            plans: Plans::default(),
         })
     }
 
@@ -372,6 +377,10 @@ impl Global {
             };
             Some(self.rule_set(files, err_src, span, key)?)
         };
+        let settings = tx_settings(paranoia, threshold, response_threshold);
+        let plan = rules
+            .as_ref()
+            .map(|r| self.plans.get(r, &settings_ref(&settings), &always));
         Ok(TenantWaf {
             mode,
             paranoia,
@@ -382,8 +391,30 @@ impl Global {
             always,
             by_path,
             limits: self.limits,
+            plan,
         })
     }
+}
+
+/// The TX variables a tenant's settings give every request before the rules run.
+fn tx_settings(
+    paranoia: u8,
+    threshold: u32,
+    response_threshold: u32,
+) -> [(&'static str, String); 4] {
+    [
+        ("paranoia_level", paranoia.to_string()),
+        ("executing_paranoia_level", paranoia.to_string()),
+        ("inbound_anomaly_score_threshold", threshold.to_string()),
+        (
+            "outbound_anomaly_score_threshold",
+            response_threshold.to_string(),
+        ),
+    ]
+}
+
+fn settings_ref<'a>(s: &'a [(&'static str, String); 4]) -> [(&'static str, &'a str); 4] {
+    [0, 1, 2, 3].map(|i| (s[i].0, s[i].1.as_str()))
 }
 
 /// Path segment-boundary prefix match (`/admin` matches `/admin/x`, not `/administrator`).
@@ -436,20 +467,23 @@ impl TenantWaf {
         };
         let mut t = Transaction::new(rules, mode, f.request_id);
         t.set_body_limits(self.limits);
-        t.set_tx("paranoia_level", &self.paranoia.to_string());
-        t.set_tx("executing_paranoia_level", &self.paranoia.to_string());
-        t.set_tx(
-            "inbound_anomaly_score_threshold",
-            &self.threshold.to_string(),
-        );
-        t.set_tx(
-            "outbound_anomaly_score_threshold",
-            &self.response_threshold.to_string(),
-        );
         t.exclude(&self.always);
+        let mut by_path = false;
         for (prefix, ex) in &self.by_path {
             if under(f.norm_path, prefix) {
                 t.exclude(ex);
+                by_path = true;
+            }
+        }
+        // The plan was made with the tenant's own exclusions: a path's may remove rules it
+        // counted on.
+        match self.plan.as_ref().filter(|_| !by_path) {
+            Some(plan) => t.follow(plan),
+            None => {
+                let settings = tx_settings(self.paranoia, self.threshold, self.response_threshold);
+                for (k, v) in settings_ref(&settings) {
+                    t.set_tx(k, v);
+                }
             }
         }
         let server = f

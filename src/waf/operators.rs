@@ -324,6 +324,18 @@ impl Operator {
         }
     }
 
+    /// The parameter when it holds macros (expanded at evaluation), for an analysis of what
+    /// the operator reads.
+    pub fn param_with_macros(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::RxDynamic(param, _) => Some(param),
+            Kind::Str(_, param, d) | Kind::Num(_, param, d, _) if !matches!(d, Dyn::No) => {
+                Some(param)
+            }
+            _ => None,
+        }
+    }
+
     /// For `@eq/@ge/@gt/@le/@lt` with a constant parameter: the comparison with the
     /// parameter read once, as `matches` would read it on every call.
     pub fn num_test(&self) -> Option<NumTest> {

@@ -23,6 +23,9 @@ use std::time::Instant;
 /// Matched data is cut to this many bytes in match records.
 pub const MATCH_DATA_MAX: usize = 200;
 
+mod plan;
+pub use plan::{Plan, Plans};
+
 /// A rule (chain) that matched and logs.
 #[derive(Debug, Clone)]
 pub struct Match {
@@ -129,6 +132,9 @@ pub struct Transaction {
     pub would_block: Option<u64>,
     /// A body over the inspection limit was refused (or would have been).
     oversize: bool,
+    /// What the tenant's settings fixed before the request (see `plan`); dropped when a
+    /// `ctl` changes what it assumed.
+    plan: Option<Arc<Plan>>,
 }
 
 /// The index of variable `name` in `VARIABLES`. Hashed: the request set-up names a dozen
@@ -619,6 +625,7 @@ impl Transaction {
             intervention: None,
             would_block: None,
             oversize: false,
+            plan: None,
         };
         t.set_scalar("UNIQUE_ID", unique_id.as_bytes().to_vec());
         // Defined (empty) even without a body processor, so `!@rx` rules on it can match.
@@ -635,7 +642,11 @@ impl Transaction {
     }
 
     /// Applies tenant exclusions (rule ids, tags, targets).
+    /// Voids a plan followed before (see `follow`).
     pub fn exclude(&mut self, e: &Exclusions) {
+        if !(e.ids.is_empty() && e.tags.is_empty() && e.targets.is_empty()) {
+            self.plan = None;
+        }
         self.removed_ids.extend_from_slice(&e.ids);
         self.removed_tags.extend(e.tags.iter().cloned());
         self.removed_targets.extend(e.targets.iter().cloned());
@@ -1449,8 +1460,16 @@ impl Transaction {
         self.prepare_memos();
         let rules = self.rules.clone();
         let list = &rules.phases[phase as usize];
+        let plan = self.plan.clone();
         let mut at = 0;
         while at < list.len() {
+            // Entries whose outcome the tenant's settings fixed are stepped over.
+            if let Some(p) = plan.as_ref().filter(|_| self.plan.is_some()) {
+                at = p.next[phase as usize][at] as usize;
+                if at >= list.len() {
+                    break;
+                }
+            }
             let Entry::Rule(rule) = &list[at] else {
                 at += 1;
                 continue;
@@ -1868,10 +1887,24 @@ impl Transaction {
                     self.mode = *m;
                 }
             }
-            Ctl::RemoveById(r) => self.removed_ids.extend_from_slice(r),
-            Ctl::RemoveByTag(re) => self.removed_tags.push(re.clone()),
-            Ctl::RemoveTargetById(r, v) => self.removed_targets.push((r.clone(), v.clone())),
-            Ctl::RemoveTargetByTag(re, v) => self.removed_targets_tag.push((re.clone(), v.clone())),
+            // A rule or target removed now may be one the plan counted on: from here on
+            // every rule is evaluated.
+            Ctl::RemoveById(r) => {
+                self.plan = None;
+                self.removed_ids.extend_from_slice(r)
+            }
+            Ctl::RemoveByTag(re) => {
+                self.plan = None;
+                self.removed_tags.push(re.clone())
+            }
+            Ctl::RemoveTargetById(r, v) => {
+                self.plan = None;
+                self.removed_targets.push((r.clone(), v.clone()))
+            }
+            Ctl::RemoveTargetByTag(re, v) => {
+                self.plan = None;
+                self.removed_targets_tag.push((re.clone(), v.clone()))
+            }
             Ctl::BodyProcessor(k) => {
                 self.body_kind = Some(*k);
                 self.set_scalar("REQBODY_PROCESSOR", kind_name(*k).as_bytes().to_vec());

@@ -1,0 +1,725 @@
+//! What a tenant's settings decide before any request arrives. The CRS spends a large part of
+//! every request on rules that read nothing but TX variables the tenant's settings and the
+//! set-up rules fixed: `REQUEST-901`'s defaults (`&TX:paranoia_level "@eq 0"` → set it), its
+//! score resets, and the ~130 paranoia-level checks that jump over the rules of higher
+//! levels. Their outcome is the same for every request of the tenant, so a `Plan` works it out
+//! once, by evaluating them in a transaction of its own: the TX variables the leading set-up
+//! rules leave (a request starts from a copy), and per phase and rule list entry the next entry
+//! whose outcome depends on the request (evaluation steps from one to the next).
+//!
+//! A rule counts as fixed only when everything it reads is a TX variable that no rule whose
+//! outcome varies may have written before it; a fixed rule further on must also write nothing,
+//! log nothing and end in `pass`, so passing over it changes nothing but where evaluation goes
+//! on. A request that changes what the plan assumed (a per-path exclusion, a `ctl` that
+//! removes rules or targets) is evaluated rule by rule as without a plan. It must not know about
+//! requests or tenants: the caller says which TX settings and exclusions apply.
+
+use super::{ix, next_rule, Exclusions, Transaction};
+use crate::waf::rules::{in_ranges, Disruptive, Entry, Piece, Rule, RuleSet, Sel, SetOp};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// The TX variables and jumps fixed by one tenant's settings for one rule set.
+pub struct Plan {
+    /// The rule set it was made for (a transaction on another set ignores it).
+    pub(super) rules: u64,
+    /// TX after the leading set-up rules, in the order they were set.
+    pub(super) tx: Vec<(String, Vec<u8>)>,
+    /// Per phase (1–5) and entry: the first entry from there on whose outcome is not fixed
+    /// (the list's length when there is none).
+    pub(super) next: [Vec<u32>; 6],
+    /// How many rules the plan passes over on a request that reaches them all, for
+    /// `cong check` and tests.
+    pub fixed_rules: usize,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("tx", &self.tx.len())
+            .field("fixed_rules", &self.fixed_rules)
+            .finish()
+    }
+}
+
+/// TX keys (lower-case) a rule reads or writes: some by name, some by the text they start
+/// with (`tx.header_name_%{tx.0}`, `TX:/^HEADER_NAME_/`), or `all` when they cannot be told at
+/// load (a whole-collection or regex-selected target, a name that starts with a macro).
+#[derive(Default, Clone)]
+struct Keys {
+    all: bool,
+    some: HashSet<String>,
+    prefixes: Vec<String>,
+}
+
+impl Keys {
+    fn add(&mut self, k: &str) {
+        self.some.insert(k.to_ascii_lowercase());
+    }
+
+    fn add_prefix(&mut self, p: &str) {
+        if p.is_empty() {
+            self.all = true;
+        } else {
+            self.prefixes.push(p.to_ascii_lowercase());
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.all && self.some.is_empty() && self.prefixes.is_empty()
+    }
+
+    fn meets(&self, other: &Keys) -> bool {
+        if self.is_empty() || other.is_empty() {
+            return false;
+        }
+        let under = |k: &str, ps: &[String]| ps.iter().any(|p| k.starts_with(p.as_str()));
+        self.all
+            || other.all
+            || self
+                .some
+                .iter()
+                .any(|k| other.some.contains(k) || under(k, &other.prefixes))
+            || other.some.iter().any(|k| under(k, &self.prefixes))
+            || self.prefixes.iter().any(|p| {
+                other
+                    .prefixes
+                    .iter()
+                    .any(|q| p.starts_with(q.as_str()) || q.starts_with(p.as_str()))
+            })
+    }
+
+    fn extend(&mut self, other: Keys) {
+        self.all |= other.all;
+        self.some.extend(other.some);
+        self.prefixes.extend(other.prefixes);
+    }
+}
+
+/// What one chain link reads and writes, and whether it reads only TX.
+struct Link {
+    /// Reads TX alone (targets, operator parameter, setvar and message macros).
+    tx_only: bool,
+    reads: Keys,
+    writes: Keys,
+    /// Setvars, `ctl`s or captures: effects beyond the match itself.
+    acts: bool,
+}
+
+/// The TX key of a macro name (`tx.anomaly_score` → `anomaly_score`); `Ok(None)` for a macro
+/// that reads no request data outside TX (the matched TX value, the rule's own fields).
+fn macro_key(name: &str) -> Result<Option<String>, ()> {
+    match name.split_once('.') {
+        Some((c, k)) if c.eq_ignore_ascii_case("tx") => Ok(Some(k.to_ascii_lowercase())),
+        Some((c, _)) if c.eq_ignore_ascii_case("rule") => Ok(None),
+        None if name.eq_ignore_ascii_case("matched_var")
+            || name.eq_ignore_ascii_case("matched_var_name") =>
+        {
+            Ok(None)
+        }
+        _ => Err(()),
+    }
+}
+
+/// Adds the TX keys `text`'s macros read to `reads`; false when one reads anything else.
+fn macros_tx_only(text: &str, reads: &mut Keys) -> bool {
+    let mut only = true;
+    crate::waf::rules::split_macros(text, |raw| {
+        if let crate::waf::rules::Raw::Macro(name) = raw {
+            match macro_key(name) {
+                Ok(Some(k)) => reads.add(&k),
+                Ok(None) => {}
+                Err(()) => only = false,
+            }
+        }
+    });
+    only
+}
+
+fn link(r: &Rule, tx: usize) -> Link {
+    let mut reads = Keys::default();
+    let mut writes = Keys::default();
+    let mut tx_only = true;
+    for v in &r.targets {
+        if v.coll != tx {
+            tx_only = false;
+            continue;
+        }
+        match &v.selector {
+            Some(Sel::Key(k)) => reads.add(k),
+            Some(Sel::Prefix(p)) => reads.add_prefix(&String::from_utf8_lossy(p)),
+            _ => reads.all = true,
+        }
+    }
+    if let Some(p) = r.op.param_with_macros() {
+        tx_only &= macros_tx_only(p, &mut reads);
+    }
+    for text in [&r.msg, &r.logdata].into_iter().flatten() {
+        tx_only &= macros_tx_only(text, &mut reads);
+    }
+    for sv in &r.setvars {
+        if !sv.coll.eq_ignore_ascii_case("tx") {
+            tx_only = false;
+            continue;
+        }
+        match (&sv.plain_name, sv.name_tpl.0.first()) {
+            (Some(n), _) => writes.add(n),
+            (None, first) => {
+                match first {
+                    Some(Piece::Text(t)) => writes.add_prefix(t),
+                    _ => writes.all = true,
+                }
+                tx_only &= macros_tx_only(&sv.name, &mut reads);
+            }
+        }
+        if let SetOp::Set(v) | SetOp::Add(v) | SetOp::Sub(v) = &sv.op {
+            tx_only &= macros_tx_only(v, &mut reads);
+        }
+    }
+    if r.capture {
+        for d in 0..10 {
+            writes.add(&d.to_string());
+        }
+    }
+    Link {
+        tx_only: tx_only && r.ctls.is_empty(),
+        reads,
+        writes,
+        acts: !r.setvars.is_empty() || !r.ctls.is_empty() || r.capture,
+    }
+}
+
+/// A chain's links put together, and its first link alone (when that one cannot match, the
+/// rest never runs).
+struct Effects {
+    first_tx_only: bool,
+    first_reads: Keys,
+    all: Link,
+}
+
+fn effects(r: &Rule, tx: usize) -> Effects {
+    let first = link(r, tx);
+    let first_tx_only = first.tx_only;
+    let first_reads = first.reads.clone();
+    let mut all = first;
+    for l in r.links().skip(1).map(|l| link(l, tx)) {
+        all.tx_only &= l.tx_only;
+        all.acts |= l.acts;
+        all.reads.extend(l.reads);
+        all.writes.extend(l.writes);
+    }
+    Effects {
+        first_tx_only,
+        first_reads,
+        all,
+    }
+}
+
+/// How one entry's outcome is fixed.
+#[derive(Clone, Copy, PartialEq)]
+enum Fixed {
+    /// Depends on the request: evaluation visits it.
+    No,
+    /// Never matches (or is removed, or is a marker): evaluation goes on at the next entry.
+    Miss,
+    /// Always matches, with no effect but where evaluation goes on.
+    Jump,
+}
+
+impl Plan {
+    /// Works out the plan of `rules` for requests that start with TX variables `tx` (the
+    /// tenant's settings, as `Transaction::set_tx` takes them) and exclusions `excl`.
+    pub fn build(rules: &Arc<RuleSet>, tx: &[(&str, &str)], excl: &Exclusions) -> Plan {
+        let txc = ix().tx;
+        let mut t = Transaction::new(rules.clone(), crate::waf::rules::Mode::On, "");
+        for (k, v) in tx {
+            t.set_tx(k, v);
+        }
+        t.exclude(excl);
+        t.prepare_memos();
+        let targets_removed = |t: &Transaction, r: &Rule| {
+            t.removed_targets
+                .iter()
+                .any(|(ids, _)| in_ranges(ids, r.id))
+                || t.removed_targets_tag
+                    .iter()
+                    .any(|(re, _)| r.tags.iter().any(|g| re.is_match(g)))
+        };
+        // Ends in `pass` without a record: matching changes nothing but TX and the next rule.
+        let quiet = |r: &Rule, phase: u8| {
+            let action = match &r.disruptive {
+                Some(Disruptive::Block) | None => &rules.defaults[phase as usize].disruptive,
+                Some(d) => d,
+            };
+            !r.log && *action == Disruptive::Pass
+        };
+
+        // The leading set-up rules of phase 1, evaluated as a request would evaluate them.
+        let mut fixed_rules = 0;
+        let list = &rules.phases[1];
+        let mut at = 0;
+        while at < list.len() {
+            let Entry::Rule(r) = &list[at] else {
+                at += 1;
+                continue;
+            };
+            if t.removed(r) {
+                at += 1;
+                continue;
+            }
+            if targets_removed(&t, r) || !effects(r, txc).all.tx_only {
+                break;
+            }
+            let before = (t.colls[txc].clone(), t.tx_digits);
+            fixed_rules += 1;
+            if !t.eval_chain(r) {
+                at += 1;
+                continue;
+            }
+            if !quiet(r, 1) {
+                // It records or decides something: every request evaluates it, from the TX
+                // as it was before it.
+                t.colls[txc] = before.0;
+                t.tx_digits = before.1;
+                t.reindex_tx();
+                fixed_rules -= 1;
+                break;
+            }
+            at = next_rule(rules, 1, at, r);
+        }
+        let start = at;
+
+        // From there on, entries whose outcome TX alone fixes: no rule evaluated per request
+        // before them may have written what they read.
+        let mut dirty = Keys::default();
+        let mut next: [Vec<u32>; 6] = Default::default();
+        for phase in 1..=5u8 {
+            let list = &rules.phases[phase as usize];
+            let from = if phase == 1 { start } else { 0 };
+            let mut fixed = vec![Fixed::Miss; list.len()];
+            for (at, e) in list.iter().enumerate().skip(from) {
+                let Entry::Rule(r) = e else { continue };
+                if t.removed(r) {
+                    continue;
+                }
+                let e = effects(r, txc);
+                let clean = !targets_removed(&t, r);
+                fixed[at] = if clean
+                    && e.all.tx_only
+                    && !e.all.acts
+                    && quiet(r, phase)
+                    && !e.all.reads.meets(&dirty)
+                {
+                    t.matched.clear();
+                    if t.eval_chain(r) {
+                        Fixed::Jump
+                    } else {
+                        Fixed::Miss
+                    }
+                } else if clean
+                    && e.first_tx_only
+                    && !e.first_reads.meets(&dirty)
+                    && !link_matches(&mut t, r)
+                {
+                    Fixed::Miss
+                } else {
+                    Fixed::No
+                };
+                if fixed[at] == Fixed::No {
+                    dirty.extend(e.all.writes);
+                } else {
+                    fixed_rules += 1;
+                }
+            }
+            let mut n = vec![list.len() as u32; list.len() + 1];
+            for at in (0..list.len()).rev() {
+                n[at] = match (&list[at], fixed[at]) {
+                    (_, Fixed::No) => at as u32,
+                    (Entry::Rule(r), Fixed::Jump) => n[next_rule(rules, phase, at, r)],
+                    _ => n[at + 1],
+                };
+            }
+            if phase == 1 {
+                // Never reached: a request starts after the set-up rules.
+                let s = n[start];
+                n[..start].iter_mut().for_each(|x| *x = s);
+            }
+            n.truncate(list.len());
+            next[phase as usize] = n;
+        }
+        Plan {
+            rules: rules.id,
+            tx: std::mem::take(&mut t.colls[txc]),
+            next,
+            fixed_rules,
+        }
+    }
+}
+
+/// Whether the first link of `r` matches, evaluated without running its actions.
+fn link_matches(t: &mut Transaction, r: &Rule) -> bool {
+    let mut found = std::mem::take(&mut t.found);
+    found.clear();
+    t.matched.clear();
+    let hit = t.eval_link(r, r, &mut found);
+    t.found = found;
+    hit
+}
+
+impl Transaction {
+    /// Starts the transaction from `plan` (made for its rule set): TX as the plan's set-up
+    /// left it, and evaluation passing over the rules whose outcome the plan fixed. In place
+    /// of the `set_tx` calls the plan was made with.
+    pub fn follow(&mut self, plan: &Arc<Plan>) {
+        if plan.rules != self.rules.id {
+            return;
+        }
+        let txc = ix().tx;
+        let mut coll = std::mem::take(&mut self.colls[txc]);
+        coll.clear();
+        for (k, v) in &plan.tx {
+            match self.tx_spare.pop() {
+                Some((mut sk, mut sv)) => {
+                    sk.push_str(k);
+                    sv.extend_from_slice(v);
+                    coll.push((sk, sv));
+                }
+                None => coll.push((k.clone(), v.clone())),
+            }
+        }
+        self.colls[txc] = coll;
+        self.reindex_tx();
+        self.plan = Some(plan.clone());
+    }
+
+    /// Whether a plan steers evaluation (none, or one a `ctl` made void).
+    pub fn planned(&self) -> bool {
+        self.plan.is_some()
+    }
+
+    /// Rebuilds the TX index and capture-key bits from the stored TX variables.
+    pub(super) fn reindex_tx(&mut self) {
+        let coll = &self.colls[ix().tx];
+        self.tx_index.map.clear();
+        self.tx_digits = coll.iter().fold(0, |d, (k, _)| d | super::digit_bit(k));
+        for (i, (k, _)) in coll.iter().enumerate() {
+            let h = super::tx_key_hash(k);
+            self.tx_index.map.entry(h).or_insert(i as u32);
+        }
+    }
+}
+
+/// The plans of a configuration, shared by the tenants whose rule set, TX settings and
+/// exclusions are the same (hundreds of portal tenants usually are).
+#[derive(Debug, Default)]
+pub struct Plans {
+    made: HashMap<PlanKey, Arc<Plan>>,
+}
+
+/// Rule set id, TX settings, and the exclusions as their `Debug` text (ids, tag patterns,
+/// targets: what `Exclusions` is made of, none of which has `Eq`).
+type PlanKey = (u64, Vec<(String, String)>, String);
+
+impl Plans {
+    /// The plan for these settings, made on first use.
+    pub fn get(
+        &mut self,
+        rules: &Arc<RuleSet>,
+        tx: &[(&str, &str)],
+        excl: &Exclusions,
+    ) -> Arc<Plan> {
+        let key = (
+            rules.id,
+            tx.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            format!("{excl:?}"),
+        );
+        self.made
+            .entry(key)
+            .or_insert_with(|| Arc::new(Plan::build(rules, tx, excl)))
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::waf::rules::Mode;
+    use std::path::PathBuf;
+
+    /// One request's outcome, everything a caller or the SOC sees of it.
+    #[derive(Debug, PartialEq)]
+    struct Outcome {
+        refused: Option<(u16, u64)>,
+        would_block: Option<u64>,
+        matches: Vec<(u64, u8, String, String, String)>,
+        tx: Vec<(String, Vec<u8>)>,
+    }
+
+    struct Req<'a> {
+        method: &'a str,
+        uri: &'a str,
+        headers: &'a [(&'a str, &'a str)],
+        body: &'a str,
+    }
+
+    fn run(t: &mut Transaction, r: &Req) -> Outcome {
+        t.set_connection(
+            "192.0.2.7".parse().unwrap(),
+            40_000,
+            "127.0.0.1".parse().unwrap(),
+            443,
+        );
+        t.set_request_line(r.method, r.uri, "HTTP/1.1");
+        t.add_header("Host", b"so-tu-phap.tinh.gov.vn");
+        t.add_header(
+            "User-Agent",
+            b"Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
+        );
+        for (k, v) in r.headers {
+            t.add_header(k, v.as_bytes());
+        }
+        let refused = t.process_request_headers().or_else(|| {
+            t.feed_body(r.body.as_bytes());
+            t.process_request_body()
+        });
+        t.process_logging();
+        let mut tx = t.colls[ix().tx].clone();
+        tx.sort();
+        Outcome {
+            refused: refused.map(|i| (i.status, i.rule_id)),
+            would_block: t.would_block,
+            matches: t
+                .matches
+                .iter()
+                .map(|m| (m.id, m.phase, m.msg.clone(), m.data.clone(), m.var.clone()))
+                .collect(),
+            tx,
+        }
+    }
+
+    const SETTINGS: [(&str, &str); 4] = [
+        ("paranoia_level", "1"),
+        ("executing_paranoia_level", "1"),
+        ("inbound_anomaly_score_threshold", "5"),
+        ("outbound_anomaly_score_threshold", "4"),
+    ];
+
+    /// The same requests with and without the plan: same verdicts, records and TX.
+    fn same_with_and_without(set: &Arc<RuleSet>, settings: &[(&str, &str)], excl: &Exclusions) {
+        let plan = Arc::new(Plan::build(set, settings, excl));
+        assert!(plan.fixed_rules > 0, "{plan:?}");
+        let form = [("Content-Type", "application/x-www-form-urlencoded")];
+        let json = [("Content-Type", "application/json")];
+        let xml = [("Content-Type", "text/xml")];
+        let reqs = [
+            Req {
+                method: "GET",
+                uri: "/",
+                headers: &[],
+                body: "",
+            },
+            Req {
+                method: "GET",
+                uri: "/tin-tuc?id=1%27%20UNION%20SELECT%201,2--",
+                headers: &[],
+                body: "",
+            },
+            Req {
+                method: "GET",
+                uri: "/tai-ve?file=..%2F..%2Fetc%2Fpasswd",
+                headers: &[],
+                body: "",
+            },
+            Req {
+                method: "POST",
+                uri: "/gop-y",
+                headers: &form,
+                body: "ten=A&noi_dung=%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+            },
+            Req {
+                method: "POST",
+                uri: "/gop-y",
+                headers: &form,
+                body: "ten=Tr%E1%BA%A7n+B%C3%ACnh&sdt=0912345678",
+            },
+            Req {
+                method: "POST",
+                uri: "/api",
+                headers: &json,
+                body: "{\"a\":\"b\",\"n\":[1,2]}",
+            },
+            Req {
+                method: "POST",
+                uri: "/api",
+                headers: &xml,
+                body: "<a>b</a>",
+            },
+            Req {
+                method: "PROPFIND",
+                uri: "/",
+                headers: &[("Proxy", "x"), ("Content-Encoding", "gzip")],
+                body: "",
+            },
+            Req {
+                method: "GET",
+                uri: "/x.bak?a=1&a=2",
+                headers: &[("Range", "bytes=1-2,3-4,5-6,7-8,9-10,11-12")],
+                body: "",
+            },
+            Req {
+                method: "GET",
+                uri: "/?q=<img src=x onerror=alert(1)>",
+                headers: &[("Referer", "javascript:alert(1)")],
+                body: "",
+            },
+        ];
+        for mode in [Mode::On, Mode::DetectionOnly] {
+            for r in &reqs {
+                let mut plain = Transaction::new(set.clone(), mode, "u1");
+                plain.exclude(excl);
+                for (k, v) in settings {
+                    plain.set_tx(k, v);
+                }
+                let mut planned = Transaction::new(set.clone(), mode, "u1");
+                planned.exclude(excl);
+                planned.follow(&plan);
+                assert!(planned.planned());
+                let (a, b) = (run(&mut plain, r), run(&mut planned, r));
+                assert_eq!(a, b, "{} {} ({mode:?})", r.method, r.uri);
+            }
+        }
+    }
+
+    fn crs() -> Option<Arc<RuleSet>> {
+        let load = PathBuf::from("/usr/share/modsecurity-crs/owasp-crs.load");
+        if !load.exists() {
+            eprintln!("modsecurity-crs not installed");
+            return None;
+        }
+        Some(Arc::new(RuleSet::load(&[load]).expect("CRS loads")))
+    }
+
+    #[test]
+    fn the_crs_with_a_plan_decides_and_records_as_without() {
+        let Some(set) = crs() else { return };
+        same_with_and_without(&set, &SETTINGS, &Exclusions::default());
+        let pl4 = [("paranoia_level", "4"), ("executing_paranoia_level", "4")];
+        same_with_and_without(&set, &pl4, &Exclusions::default());
+        let excl = Exclusions {
+            ids: vec![(942100, 942100), (901400, 901400)],
+            tags: vec![regex::Regex::new("^attack-lfi$").unwrap()],
+            targets: vec![],
+        };
+        same_with_and_without(&set, &SETTINGS, &excl);
+    }
+
+    #[test]
+    fn the_crs_set_up_and_paranoia_jumps_are_fixed_by_the_settings() {
+        let Some(set) = crs() else { return };
+        let plan = Plan::build(&set, &SETTINGS, &Exclusions::default());
+        let tx: HashMap<&str, &[u8]> = plan
+            .tx
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        // crs-setup.conf and REQUEST-901's defaults and score resets.
+        assert_eq!(tx.get("crs_setup_version"), Some(&&b"334"[..]));
+        assert_eq!(tx.get("critical_anomaly_score"), Some(&&b"5"[..]));
+        assert_eq!(tx.get("anomaly_score_pl1"), Some(&&b"0"[..]));
+        assert_eq!(tx.get("executing_paranoia_level"), Some(&&b"1"[..]));
+        // The rules of levels 2–4 and their ~130 checks are never visited at level 1; at
+        // level 4 the checks are still stepped over, but the rules behind them run.
+        let pl4 = Plan::build(
+            &set,
+            &[("paranoia_level", "4"), ("executing_paranoia_level", "4")],
+            &Exclusions::default(),
+        );
+        let visited = |p: &Plan, phase: usize| {
+            let n = &p.next[phase];
+            let mut at = 0;
+            let mut count = 0;
+            while at < n.len() {
+                at = n[at] as usize;
+                if at < n.len() {
+                    count += 1;
+                    at += 1;
+                }
+            }
+            count
+        };
+        let rules = |phase: usize| {
+            set.phases[phase]
+                .iter()
+                .filter(|e| matches!(e, Entry::Rule(_)))
+                .count()
+        };
+        eprintln!(
+            "{plan:?} {pl4:?}: phase 1 {}/{} ({}), phase 2 {}/{} ({}) of {}",
+            visited(&plan, 1),
+            visited(&pl4, 1),
+            rules(1),
+            visited(&plan, 2),
+            visited(&pl4, 2),
+            rules(2),
+            set.rule_count
+        );
+        assert!(visited(&plan, 1) < 20 && visited(&plan, 2) < visited(&pl4, 2));
+        assert!(plan.fixed_rules > 100, "{plan:?}");
+    }
+
+    #[test]
+    fn a_rule_fed_by_the_request_is_never_fixed() {
+        // Rule 2 writes tx.flag from the request; rule 3 reads it and must run per request,
+        // while rule 4 reads only the settings and is fixed (jump over 5).
+        let set = Arc::new(
+            RuleSet::parse(
+                "SecAction \"id:1,phase:1,pass,nolog,setvar:tx.flag=0,setvar:tx.level=1\"\n\
+                 SecRule ARGS:x \"@streq on\" \"id:2,phase:1,pass,nolog,setvar:tx.flag=1\"\n\
+                 SecRule TX:flag \"@eq 1\" \"id:3,phase:1,deny,status:403\"\n\
+                 SecRule TX:level \"@lt 2\" \"id:4,phase:1,pass,nolog,skipAfter:END\"\n\
+                 SecAction \"id:5,phase:1,deny,status:401\"\n\
+                 SecMarker END\n",
+            )
+            .expect("rules load"),
+        );
+        let plan = Arc::new(Plan::build(&set, &[], &Exclusions::default()));
+        assert_eq!(plan.fixed_rules, 2, "{plan:?}");
+        let mut t = Transaction::new(set.clone(), Mode::On, "a");
+        t.follow(&plan);
+        t.set_request_line("GET", "/?x=on", "HTTP/1.1");
+        assert_eq!(t.process_request_headers().map(|i| i.status), Some(403));
+        let mut t = Transaction::new(set, Mode::On, "b");
+        t.follow(&plan);
+        t.set_request_line("GET", "/?x=off", "HTTP/1.1");
+        assert!(t.process_request_headers().is_none());
+    }
+
+    #[test]
+    fn a_ctl_removal_voids_the_plan() {
+        // Rule 2's ctl removes gate 3, so 4 must run: the plan (3 jumps over 4) no longer
+        // holds for this request.
+        let set = Arc::new(
+            RuleSet::parse(
+                "SecAction \"id:1,phase:1,pass,nolog,setvar:tx.level=1\"\n\
+                 SecRule ARGS:off \"@streq 3\" \"id:2,phase:1,pass,nolog,ctl:ruleRemoveById=3\"\n\
+                 SecRule TX:level \"@lt 2\" \"id:3,phase:1,pass,nolog,skipAfter:END\"\n\
+                 SecAction \"id:4,phase:1,deny,status:401\"\n\
+                 SecMarker END\n",
+            )
+            .expect("rules load"),
+        );
+        let plan = Arc::new(Plan::build(&set, &[], &Exclusions::default()));
+        let mut t = Transaction::new(set.clone(), Mode::On, "a");
+        t.follow(&plan);
+        t.set_request_line("GET", "/?off=3", "HTTP/1.1");
+        assert_eq!(t.process_request_headers().map(|i| i.status), Some(401));
+        assert!(!t.planned());
+        let mut t = Transaction::new(set, Mode::On, "b");
+        t.follow(&plan);
+        t.set_request_line("GET", "/?off=no", "HTTP/1.1");
+        assert!(t.process_request_headers().is_none());
+        assert!(t.planned());
+    }
+}
