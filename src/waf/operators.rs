@@ -56,6 +56,9 @@ enum Re {
     Backtracking(fancy_regex::Regex),
     /// The empty pattern: libmodsecurity matches everything without running a regex.
     Empty,
+    /// `^.*$` and the like: with `.` matching newlines the match is always the whole value
+    /// (the CRS captures header names and the User-Agent this way on every request).
+    Whole,
 }
 
 #[derive(Debug)]
@@ -504,6 +507,9 @@ fn compile_regex_limited(pattern: &str, size_limit: usize) -> Result<Re, String>
         ));
     }
     let translated = regex_compat::translate(pattern);
+    if matches!(translated.as_str(), "^.*$" | "^.*" | ".*") {
+        return Ok(Re::Whole);
+    }
     let build = |p: &str| {
         regex::bytes::RegexBuilder::new(p)
             .unicode(false)
@@ -571,6 +577,12 @@ fn regex_match(re: &Re, input: &[u8], capture: bool, captures: &mut Vec<Vec<u8>>
     match re {
         // libmodsecurity answers before running anything: no captures.
         Re::Empty => true,
+        Re::Whole => {
+            if capture {
+                captures.push(input.to_vec());
+            }
+            true
+        }
         Re::Linear(re, Some(no_caret)) if input.ends_with(b"\n") => {
             // PCRE's multiline `^` does not match after the newline that ends the subject:
             // an empty match there counts only if it needs no `^`.
@@ -935,6 +947,35 @@ fn invalid_utf8(input: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_value_pattern_matches_and_captures_as_the_regex_does() {
+        let build = |p: &str| {
+            regex::bytes::RegexBuilder::new(p)
+                .unicode(false)
+                .dot_matches_new_line(true)
+                .multi_line(true)
+                .build()
+                .unwrap()
+        };
+        for pattern in ["^.*$", "^.*", ".*"] {
+            assert!(matches!(compile_regex(pattern), Ok(Re::Whole)), "{pattern}");
+            let no_caret = regex_compat::without_caret(pattern).map(|p| build(&p));
+            let linear = Re::Linear(build(pattern), no_caret);
+            let inputs: [&[u8]; 6] = [b"", b"user-agent", b"a\nb", b"ends\n", b"\n", b"\xff\x00z"];
+            for input in inputs {
+                for capture in [false, true] {
+                    let (mut a, mut b) = (Vec::new(), Vec::new());
+                    assert_eq!(
+                        regex_match(&Re::Whole, input, capture, &mut a),
+                        regex_match(&linear, input, capture, &mut b),
+                        "{pattern} on {input:?}"
+                    );
+                    assert_eq!(a, b, "{pattern} on {input:?}");
+                }
+            }
+        }
+    }
 
     struct Tx;
     impl Macros for Tx {
