@@ -23,8 +23,11 @@ use std::sync::Arc;
 pub struct Plan {
     /// The rule set it was made for (a transaction on another set ignores it).
     pub(super) rules: u64,
-    /// TX after the leading set-up rules, in the order they were set.
+    /// TX after the leading set-up rules, in the order they were set, with its index and
+    /// capture-key bits (copied, not rebuilt, per request).
     pub(super) tx: Vec<(String, Vec<u8>)>,
+    tx_index: super::TxIndex,
+    tx_digits: u16,
     /// Per phase (1–5) and entry: the first entry from there on whose outcome is not fixed
     /// (the list's length when there is none).
     pub(super) next: [Vec<u32>; 6],
@@ -347,8 +350,11 @@ impl Plan {
             n.truncate(list.len());
             next[phase as usize] = n;
         }
+        t.reindex_tx();
         Plan {
             rules: rules.id,
+            tx_index: std::mem::replace(&mut t.tx_index, super::TxIndex::empty()),
+            tx_digits: t.tx_digits,
             tx: std::mem::take(&mut t.colls[txc]),
             next,
             fixed_rules,
@@ -388,7 +394,8 @@ impl Transaction {
             }
         }
         self.colls[txc] = coll;
-        self.reindex_tx();
+        self.tx_index.map.clone_from(&plan.tx_index.map);
+        self.tx_digits = plan.tx_digits;
         self.plan = Some(plan.clone());
     }
 
