@@ -135,7 +135,12 @@ pub struct Transaction {
     /// What the tenant's settings fixed before the request (see `plan`); dropped when a
     /// `ctl` changes what it assumed.
     plan: Option<Arc<Plan>>,
+    /// Bit c set when collection c changed since the last `prepare_memos`, which then
+    /// looks at those alone (most of the 85 are empty or unchanged in every phase).
+    touched: u128,
 }
+
+const _: () = assert!(VARIABLES.len() <= 128, "touched holds one bit per variable");
 
 /// The index of variable `name` in `VARIABLES`. Hashed: the request set-up names a dozen
 /// scalars per request, and a scan of the table cost more than filling them.
@@ -626,6 +631,7 @@ impl Transaction {
             would_block: None,
             oversize: false,
             plan: None,
+            touched: 0,
         };
         t.set_scalar("UNIQUE_ID", unique_id.as_bytes().to_vec());
         // Defined (empty) even without a body processor, so `!@rx` rules on it can match.
@@ -737,6 +743,7 @@ impl Transaction {
         coll.clear();
         coll.push((String::new(), value));
         self.forget_memos(c);
+        self.touched |= 1 << c;
     }
 
     /// Collection `c` changed in place: its values' memo cells, and what was worked out from
@@ -833,6 +840,7 @@ impl Transaction {
             );
             p.feed(q.as_bytes());
             let parsed = p.finish();
+            self.touched |= 1 << ix().args_get;
             self.colls[ix().args_get] = parsed
                 .args
                 .into_iter()
@@ -857,6 +865,7 @@ impl Transaction {
                     None => (part, &b""[..]),
                 };
                 self.colls[i.cookies].push((String::from_utf8_lossy(k).into_owned(), v.to_vec()));
+                self.touched |= 1 << i.cookies;
             }
         } else if name.eq_ignore_ascii_case("content-type") {
             self.content_type = String::from_utf8_lossy(value).into_owned();
@@ -873,6 +882,7 @@ impl Transaction {
             self.set_scalar("AUTH_TYPE", scheme.to_vec());
         }
         self.colls[i.headers].push((name.to_string(), value.to_vec()));
+        self.touched |= 1 << i.headers;
     }
 
     /// Runs phase 1 (request headers). Returns the intervention, if any.
@@ -973,6 +983,7 @@ impl Transaction {
             let parsed = p.finish();
             for c in [i.args_post, i.files, i.files_sizes, i.part_headers, i.xml] {
                 self.forget_memos(c);
+                self.touched |= 1 << c;
             }
             self.colls[i.args_post] = parsed
                 .args
@@ -1067,6 +1078,7 @@ impl Transaction {
             stored.push((name.to_string(), value.to_vec()));
         }
         self.colls[i.response_headers] = stored;
+        self.touched |= 1 << i.response_headers;
         self.forget_all_memos();
         self.run_phase(3)
     }
@@ -1728,8 +1740,10 @@ impl Transaction {
         self.set_ready.clear();
         self.set_ready.resize(self.rules.hot_sets.len(), false);
         self.set_miss.resize(self.rules.hot_sets.len() * words, 0);
-        for c in 0..self.colls.len() {
-            // Most collections are empty or unchanged since the last phase.
+        let mut touched = std::mem::take(&mut self.touched);
+        while touched != 0 {
+            let c = touched.trailing_zeros() as usize;
+            touched &= touched - 1;
             let len = self.colls[c].len();
             if i.stable[c] && !i.computed[c] && self.vmemo[c].len() != len {
                 self.vmemo[c].resize_with(len, OnceLock::new);
@@ -1768,6 +1782,7 @@ impl Transaction {
                     continue;
                 }
                 SetOp::Delete => {
+                    self.touched |= 1 << ci;
                     self.colls[ci].retain(|(k, _)| *k != name);
                     continue;
                 }
@@ -1806,6 +1821,7 @@ impl Transaction {
                 self.tx_set_hashed(hash, &name, value.as_bytes());
                 continue;
             }
+            self.touched |= 1 << ci;
             let coll = &mut self.colls[ci];
             match coll.iter_mut().find(|(k, _)| *k == name) {
                 Some(e) => e.1 = value.into_bytes(),
