@@ -101,7 +101,11 @@ impl Keys {
 
 /// What one chain link reads and writes, and whether it reads only TX.
 struct Link {
-    /// Reads TX alone (targets, operator parameter, setvar and message macros).
+    /// Whether it matches depends on TX alone (targets, operator parameter), and on which
+    /// keys.
+    test_tx_only: bool,
+    test_reads: Keys,
+    /// Reads TX alone (also its setvar and message macros).
     tx_only: bool,
     reads: Keys,
     writes: Keys,
@@ -157,6 +161,7 @@ fn link(r: &Rule, tx: usize) -> Link {
     if let Some(p) = r.op.param_with_macros() {
         tx_only &= macros_tx_only(p, &mut reads);
     }
+    let (test_tx_only, test_reads) = (tx_only, reads.clone());
     for text in [&r.msg, &r.logdata].into_iter().flatten() {
         tx_only &= macros_tx_only(text, &mut reads);
     }
@@ -185,6 +190,8 @@ fn link(r: &Rule, tx: usize) -> Link {
         }
     }
     Link {
+        test_tx_only,
+        test_reads,
         tx_only: tx_only && r.ctls.is_empty(),
         reads,
         writes,
@@ -202,8 +209,8 @@ struct Effects {
 
 fn effects(r: &Rule, tx: usize) -> Effects {
     let first = link(r, tx);
-    let first_tx_only = first.tx_only;
-    let first_reads = first.reads.clone();
+    let first_tx_only = first.test_tx_only;
+    let first_reads = first.test_reads.clone();
     let mut all = first;
     for l in r.links().skip(1).map(|l| link(l, tx)) {
         all.tx_only &= l.tx_only;
