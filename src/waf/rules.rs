@@ -79,10 +79,23 @@ impl Sel {
                 && p.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         };
-        if plain(pattern) {
-            return Ok(Sel::Contains(pattern.to_ascii_lowercase().into_bytes()));
+        // A trailing `.*` or `c*` may match nothing, so it adds nothing to an unanchored
+        // search (`TX:/MULTIPART_HEADERS_CONTENT_TYPES_*/`, walked over every TX key).
+        fn optional_tail(p: &str) -> Option<&str> {
+            let b = p.as_bytes();
+            match b {
+                [.., b'.', b'*'] => Some(&p[..p.len() - 2]),
+                [.., c, b'*'] if c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-' => {
+                    Some(&p[..p.len() - 2])
+                }
+                _ => None,
+            }
         }
-        if let Some(rest) = pattern.strip_prefix('^').filter(|p| plain(p)) {
+        let core = optional_tail(pattern).unwrap_or(pattern);
+        if plain(core) {
+            return Ok(Sel::Contains(core.to_ascii_lowercase().into_bytes()));
+        }
+        if let Some(rest) = core.strip_prefix('^').filter(|p| plain(p)) {
             return Ok(Sel::Prefix(rest.to_ascii_lowercase().into_bytes()));
         }
         regex::bytes::RegexBuilder::new(pattern)
@@ -1118,6 +1131,44 @@ fn parse_phase(v: &str) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::Sel;
+
+    #[test]
+    fn key_selectors_with_an_optional_tail_compare_as_text() {
+        let keys = [
+            "multipart_headers_content_types",
+            "MULTIPART_HEADERS_CONTENT_TYPES_x",
+            "multipart_headers_content_types__",
+            "multipart_headers_content_type",
+            "x_multipart_headers_content_types",
+            "paramcounter_a",
+            "paramcounter",
+            "header_name_accept",
+            "",
+        ];
+        for pattern in [
+            "MULTIPART_HEADERS_CONTENT_TYPES_*",
+            "paramcounter_.*",
+            "^header_name_.*",
+            "^paramcounter_*",
+        ] {
+            let sel = Sel::regex(pattern).unwrap();
+            assert!(!matches!(sel, Sel::Regex(_)), "{pattern} compared as text");
+            let re = regex::bytes::RegexBuilder::new(pattern)
+                .case_insensitive(true)
+                .build()
+                .unwrap();
+            for k in keys {
+                assert_eq!(
+                    sel.matches(k),
+                    re.is_match(k.as_bytes()),
+                    "{pattern} on {k}"
+                );
+            }
+        }
+        // Not a plain tail: still a regex.
+        assert!(matches!(Sel::regex("abc\\d*").unwrap(), Sel::Regex(_)));
+        assert!(matches!(Sel::regex("^.*").unwrap(), Sel::Regex(_)));
+    }
 
     #[test]
     fn plain_text_key_selectors_match_like_their_regex() {
