@@ -370,9 +370,9 @@ pub struct RuleSet {
     /// link cannot match, packed densely (walking the rules themselves for that costs a
     /// cache miss or two per rule and request).
     pub hot: [Vec<Hot>; 6],
-    /// The distinct sets of target collections `Hot::set` names (sorted; the CRS has a few
-    /// dozen), so that a transaction works out what a set cannot match once per phase.
-    pub hot_sets: Vec<Box<[u16]>>,
+    /// The distinct sets of targets `Hot::set` names (sorted; the CRS has a few dozen), so
+    /// that a transaction works out what a set cannot match once per phase.
+    pub hot_sets: Vec<Box<[HotTarget]>>,
     /// The rules `Hot::gate` points to.
     pub gates: Vec<Gate>,
 }
@@ -418,12 +418,23 @@ impl Gate {
     }
 }
 
+/// One target of a hot set: a collection, and the key it selects when it names one
+/// (`REQUEST_HEADERS:User-Agent`): only the values under that key count then. Other
+/// selectors and exclusions count as the whole collection (more values can only make fewer
+/// rules pass over).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HotTarget {
+    pub coll: u16,
+    /// Lower-case, as `Sel::Key` holds it.
+    pub key: Option<String>,
+}
+
 /// See `RuleSet::hot`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Hot {
     /// The first link's memo slot.
     pub slot: u32,
-    /// 1 + the index in `RuleSet::hot_sets` of the first link's target collections, when
+    /// 1 + the index in `RuleSet::hot_sets` of the first link's targets, when
     /// every one of them is a collection of stored values (`transaction::quickable`); 0
     /// otherwise, and for markers.
     pub set: u32,
@@ -566,13 +577,23 @@ impl RuleSet {
                             !v.count && super::transaction::quickable(v.coll) && v.coll < 1 << 16
                         });
                     if let (true, Some(slot)) = (quick, r.memo_slot) {
-                        let mut colls: Vec<u16> = r.targets.iter().map(|v| v.coll as u16).collect();
-                        colls.sort_unstable();
-                        colls.dedup();
-                        let set = match b.set.hot_sets.iter().position(|s| **s == *colls) {
+                        let mut targets: Vec<HotTarget> = r
+                            .targets
+                            .iter()
+                            .map(|v| HotTarget {
+                                coll: v.coll as u16,
+                                key: match &v.selector {
+                                    Some(Sel::Key(k)) => Some(k.clone()),
+                                    _ => None,
+                                },
+                            })
+                            .collect();
+                        targets.sort_unstable();
+                        targets.dedup();
+                        let set = match b.set.hot_sets.iter().position(|s| **s == *targets) {
                             Some(n) => n,
                             None => {
-                                b.set.hot_sets.push(colls.into_boxed_slice());
+                                b.set.hot_sets.push(targets.into_boxed_slice());
                                 b.set.hot_sets.len() - 1
                             }
                         };

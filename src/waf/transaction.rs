@@ -1426,27 +1426,58 @@ impl Transaction {
         Some(words)
     }
 
-    /// `known_miss_coll` for every collection of target set `set` at once: the AND of their
-    /// words, made the first time a rule of the phase asks.
+    /// `known_miss_coll` for every target of target set `set` at once: the AND of their
+    /// words (for a key-selected target, of the values under that key alone), made the first
+    /// time a rule of the phase asks.
     fn known_miss_set(&mut self, set: usize, slot: u32) -> bool {
         let words = (self.rules.memo_slots as usize).div_ceil(64);
         let at = set * words;
         if !self.set_ready[set] {
             let mut and = std::mem::take(&mut self.set_miss);
             and[at..at + words].fill(u64::MAX);
-            for &c in self.rules.hot_sets[set].iter() {
-                match self.coll_miss(c as usize) {
-                    Some(w) => and[at..at + words]
-                        .iter_mut()
-                        .zip(w.iter())
-                        .for_each(|(a, w)| *a &= w),
-                    None => and[at..at + words].fill(0),
+            let rules = self.rules.clone();
+            for t in rules.hot_sets[set].iter() {
+                let c = t.coll as usize;
+                match &t.key {
+                    Some(key) => self.key_miss(c, key, &mut and[at..at + words]),
+                    None => match self.coll_miss(c) {
+                        Some(w) => and[at..at + words]
+                            .iter_mut()
+                            .zip(w.iter())
+                            .for_each(|(a, w)| *a &= w),
+                        None => and[at..at + words].fill(0),
+                    },
                 }
             }
             self.set_miss = and;
             self.set_ready[set] = true;
         }
         self.set_miss[at + slot as usize / 64] & (1 << (slot % 64)) != 0
+    }
+
+    /// Clears in `and` the memo slots not known to miss every value collection `c` holds
+    /// under `key` (all of them when a value has no memo cell).
+    fn key_miss(&self, c: usize, key: &str, and: &mut [u64]) {
+        let i = ix();
+        let Some((sources, keys)) = i.stored(c).filter(|_| i.stable[c]) else {
+            and.fill(0);
+            return;
+        };
+        for &coll in sources {
+            let memos = if keys { &self.kmemo } else { &self.vmemo };
+            let memos = memos.get(coll).map(Vec::as_slice).unwrap_or_default();
+            for (n, (k, v)) in self.colls[coll].iter().enumerate() {
+                if k.len() != key.len() || !k.eq_ignore_ascii_case(key) {
+                    continue;
+                }
+                let Some(cell) = memos.get(n) else {
+                    and.fill(0);
+                    return;
+                };
+                self.memo_of(cell, if keys { k.as_bytes() } else { v })
+                    .and_miss(and);
+            }
+        }
     }
 
     fn removed(&self, r: &Rule) -> bool {
@@ -2024,6 +2055,29 @@ mod tests {
         second.add_header("X-Json", b"yes");
         let refused = get(&mut second, "/").expect("rule 3 refuses");
         assert_eq!(refused.rule_id, 3);
+    }
+
+    #[test]
+    fn a_key_selected_target_is_passed_over_only_on_its_own_keys_values() {
+        // Rule 1 reads X-A alone. A value known not to match under X-A lets it be passed over;
+        // the same text under another header says nothing about X-A's value.
+        let set = Arc::new(
+            RuleSet::parse(
+                "SecRule REQUEST_HEADERS:X-A \"@streq bad\" \"id:1,phase:1,deny,status:403\"\n",
+            )
+            .expect("rules load"),
+        );
+        let run = |a: &str, b: &str| {
+            let mut t = Transaction::new(set.clone(), Mode::On, "k");
+            t.add_header("X-A", a.as_bytes());
+            t.add_header("X-B", b.as_bytes());
+            get(&mut t, "/").map(|i| i.rule_id)
+        };
+        assert_eq!(run("ok", "bad"), None);
+        assert_eq!(run("ok", "bad"), None);
+        assert_eq!(run("bad", "ok"), Some(1));
+        assert_eq!(run("ok", "ok"), None);
+        assert_eq!(run("bad", "bad"), Some(1));
     }
 
     #[test]
