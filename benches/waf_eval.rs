@@ -1,11 +1,13 @@
 //! WAF rule evaluation per request, in-process: Debian's OWASP Core Rule Set 3.3.4
 //! (`/usr/share/modsecurity-crs/owasp-crs.load`) at paranoia level 1, `SecRuleEngine On`.
 //!
-//! Each iteration is one whole request as the proxy hands it to the WAF: a new `Transaction`,
-//! the TX settings a tenant with `[waf] mode = "block"` sets, the connection, the request line,
-//! eight browser-like headers, phase 1, the body (if any), phase 2 and phase 5 (logging). The
-//! rule set is loaded once, outside the measurement. Before measuring, each case is checked:
-//! the benign requests must pass without intervention, the attack must be refused.
+//! Each iteration is one whole request as the proxy hands it to the WAF: a new `Transaction`
+//! started from the plan of a tenant with `[waf] mode = "block"` (its TX settings and the
+//! rules they fix; `WAF_EVAL_NO_PLAN=1`: the TX settings alone, every rule evaluated), the
+//! connection, the request line, eight browser-like headers, phase 1, the body (if any),
+//! phase 2 and phase 5 (logging). The rule set is loaded once, outside the measurement.
+//! Before measuring, each case is checked: the benign requests must pass without
+//! intervention, the attack must be refused.
 //!
 //! Cases: a page GET with a query string, a Vietnamese search GET, a urlencoded form POST, a
 //! JSON POST, and an SQL injection in the query string.
