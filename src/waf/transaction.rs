@@ -2154,7 +2154,8 @@ SecMarker END
         assert_eq!(t.matches.len(), 1);
     }
 
-    fn crs() -> Option<Arc<RuleSet>> {
+    /// Debian's CRS as installed, or `None` (with a note) where it is not.
+    pub(super) fn crs() -> Option<Arc<RuleSet>> {
         let load = PathBuf::from("/usr/share/modsecurity-crs/owasp-crs.load");
         if !load.exists() {
             eprintln!("modsecurity-crs not installed");

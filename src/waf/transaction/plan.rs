@@ -458,9 +458,9 @@ impl Plans {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::crs;
     use super::*;
     use crate::waf::rules::Mode;
-    use std::path::PathBuf;
 
     /// One request's outcome, everything a caller or the SOC sees of it.
     #[derive(Debug, PartialEq)]
@@ -604,15 +604,6 @@ mod tests {
                 assert_eq!(a, b, "{} {} ({mode:?})", r.method, r.uri);
             }
         }
-    }
-
-    fn crs() -> Option<Arc<RuleSet>> {
-        let load = PathBuf::from("/usr/share/modsecurity-crs/owasp-crs.load");
-        if !load.exists() {
-            eprintln!("modsecurity-crs not installed");
-            return None;
-        }
-        Some(Arc::new(RuleSet::load(&[load]).expect("CRS loads")))
     }
 
     #[test]
