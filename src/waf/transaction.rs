@@ -1435,8 +1435,7 @@ impl Transaction {
         if !self.set_ready[set] {
             let mut and = std::mem::take(&mut self.set_miss);
             and[at..at + words].fill(u64::MAX);
-            let rules = self.rules.clone();
-            for t in rules.hot_sets[set].iter() {
+            for t in self.rules.hot_sets[set].iter() {
                 let c = t.coll as usize;
                 match &t.key {
                     Some(key) => self.key_miss(c, key, &mut and[at..at + words]),
