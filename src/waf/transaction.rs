@@ -81,7 +81,7 @@ pub struct Exclusions {
     pub targets: Vec<(Vec<(u64, u64)>, Var)>,
 }
 
-type Coll = Vec<(String, Vec<u8>)>;
+pub(super) type Coll = Vec<(String, Vec<u8>)>;
 pub struct Transaction {
     rules: Arc<RuleSet>,
     mode: Mode,
@@ -121,8 +121,12 @@ pub struct Transaction {
     set_ready: Vec<bool>,
     /// TX positions by key hash (CRS rules read TX by key hundreds of times a request).
     tx_index: TxIndex,
-    /// Emptied TX entries to fill before allocating new ones (see `Buffers`).
-    tx_spare: Vec<(String, Vec<u8>)>,
+    /// Setvar names and values with macros are rendered here (a few dozen a request).
+    scratch: [String; 2],
+    /// Emptied entries to fill before allocating new ones (see `Buffers`).
+    spare: Vec<(String, Vec<u8>)>,
+    /// TX of an earlier request, kept whole for `follow` to overwrite in place.
+    tx_old: Coll,
     /// Bit d set when TX has the key `d` (a capture): a rule that captures fewer groups than
     /// an earlier one clears the rest, and most captures are of one group.
     tx_digits: u16,
@@ -142,10 +146,54 @@ pub struct Transaction {
 
 const _: () = assert!(VARIABLES.len() <= 128, "touched holds one bit per variable");
 
-/// The index of variable `name` in `VARIABLES`. Hashed: the request set-up names a dozen
-/// scalars per request, and a scan of the table cost more than filling them.
+/// The index of variable `name` in `VARIABLES`, for names known at run time only (the body
+/// processors' variables). Hashed: a scan of the table costs more than filling them.
 fn vi(name: &str) -> usize {
     find_variable(name).unwrap_or_else(|| panic!("variable {name} missing from VARIABLES"))
+}
+
+/// `vi` at compile time (a name missing from `VARIABLES` fails the build): the request
+/// set-up fills a dozen scalars per request by index.
+const fn var_index(name: &str) -> usize {
+    let mut i = 0;
+    while i < VARIABLES.len() {
+        let v = VARIABLES[i].as_bytes();
+        let n = name.as_bytes();
+        if v.len() == n.len() {
+            let mut j = 0;
+            while j < n.len() && v[j] == n[j] {
+                j += 1;
+            }
+            if j == n.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("variable missing from VARIABLES")
+}
+
+/// The index of a variable named in the engine's code, worked out at compile time.
+macro_rules! v {
+    ($name:literal) => {
+        const { var_index($name) }
+    };
+}
+
+/// An entry (key, value) filled from an emptied one of an earlier request when there is one.
+pub(super) fn entry(
+    spare: &mut Vec<(String, Vec<u8>)>,
+    key: &str,
+    value: &[u8],
+) -> (String, Vec<u8>) {
+    match spare.pop() {
+        Some((mut k, mut v)) => {
+            k.push_str(key);
+            v.extend_from_slice(value);
+            (k, v)
+        }
+        None => (key.to_string(), value.to_vec()),
+    }
 }
 
 /// `vi` for a name that may not be a variable (upper-case, as `VARIABLES` spells them).
@@ -344,8 +392,12 @@ pub(super) fn quickable(coll: usize) -> bool {
 #[derive(Default)]
 struct Buffers {
     colls: Vec<Coll>,
-    /// TX entries of earlier requests, emptied: `tx_set` fills one instead of allocating.
-    tx_spare: Vec<(String, Vec<u8>)>,
+    /// Entries of earlier requests (TX variables, headers, scalars), emptied: a request fills
+    /// them instead of allocating ~200 keys and values and freeing them at its end.
+    spare: Vec<(String, Vec<u8>)>,
+    /// The TX entries of the last request, as they were: the next one's `follow` writes the
+    /// plan's ~150 variables over them in place.
+    tx_old: Coll,
     matched: Hits,
     found: Hits,
     vmemo: Vec<Vec<MemoCell>>,
@@ -354,11 +406,16 @@ struct Buffers {
     set_miss: Vec<u64>,
     set_ready: Vec<bool>,
     tx_index: TxIndex,
+    scratch: [String; 2],
 }
 
 thread_local! {
     static BUFFERS: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
 }
+
+/// Emptied entries kept per buffer set: a CRS request holds ~150 TX variables and a few dozen
+/// headers, scalars and arguments.
+const SPARE_ENTRIES: usize = 512;
 
 /// Transactions in flight on one thread at a time are few; more are not worth keeping.
 const KEPT_BUFFERS: usize = 8;
@@ -378,25 +435,21 @@ impl Buffers {
 
     /// Empties everything (values, memos) and keeps the allocations.
     fn give_back(mut self) {
-        for (c, coll) in self.colls.iter_mut().enumerate() {
-            if c == ix().tx {
-                // Large values (a copied body) are let go.
-                self.tx_spare.extend(
-                    coll.drain(..)
-                        .filter(|(k, v)| k.capacity() <= 256 && v.capacity() <= 4096)
-                        .map(|(mut k, mut v)| {
-                            k.clear();
-                            v.clear();
-                            (k, v)
-                        }),
-                );
-            } else {
-                coll.clear();
-            }
+        if self.tx_old.is_empty() {
+            self.tx_old = std::mem::take(&mut self.colls[ix().tx]);
         }
-        // A request with thousands of arguments does not pin their memory to the thread.
-        self.tx_spare.truncate(256);
-        self.colls.iter_mut().for_each(|c| c.shrink_to(1024));
+        for coll in self.colls.iter_mut().filter(|c| !c.is_empty()) {
+            for (mut k, mut v) in coll.drain(..) {
+                // Large values (a copied body) are let go, and a request with thousands of
+                // arguments does not pin their memory to the thread.
+                if self.spare.len() < SPARE_ENTRIES && k.capacity() <= 256 && v.capacity() <= 4096 {
+                    k.clear();
+                    v.clear();
+                    self.spare.push((k, v));
+                }
+            }
+            coll.shrink_to(1024);
+        }
         self.vmemo.iter_mut().for_each(Vec::clear);
         self.kmemo.iter_mut().for_each(Vec::clear);
         self.all_miss.clear();
@@ -522,6 +575,29 @@ impl Hits {
     }
 }
 
+/// An address as REMOTE_ADDR shows it (IPv4-mapped IPv6 as IPv4), written into `buf`.
+fn ip_text(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
+    use std::io::Write;
+    let mut w = &mut buf[..];
+    match ip.to_canonical() {
+        // Every request: the octets without the formatting machinery.
+        IpAddr::V4(v4) => {
+            let mut n = itoa::Buffer::new();
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    let _ = w.write_all(b".");
+                }
+                let _ = w.write_all(n.format(*o).as_bytes());
+            }
+        }
+        v6 => {
+            let _ = write!(w, "{v6}");
+        }
+    }
+    let left = w.len();
+    &buf[..48 - left]
+}
+
 fn percent_decode(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
@@ -574,7 +650,8 @@ impl Drop for Transaction {
     fn drop(&mut self) {
         Buffers {
             colls: std::mem::take(&mut self.colls),
-            tx_spare: std::mem::take(&mut self.tx_spare),
+            spare: std::mem::take(&mut self.spare),
+            tx_old: std::mem::take(&mut self.tx_old),
             matched: std::mem::take(&mut self.matched),
             found: std::mem::take(&mut self.found),
             vmemo: std::mem::take(&mut self.vmemo),
@@ -583,6 +660,7 @@ impl Drop for Transaction {
             set_miss: std::mem::take(&mut self.set_miss),
             set_ready: std::mem::take(&mut self.set_ready),
             tx_index: std::mem::replace(&mut self.tx_index, TxIndex::empty()),
+            scratch: std::mem::take(&mut self.scratch),
         }
         .give_back();
     }
@@ -624,7 +702,9 @@ impl Transaction {
             set_miss: b.set_miss,
             set_ready: b.set_ready,
             tx_index: b.tx_index,
-            tx_spare: b.tx_spare,
+            scratch: b.scratch,
+            spare: b.spare,
+            tx_old: b.tx_old,
             tx_digits: 0,
             matches: Vec::new(),
             intervention: None,
@@ -633,9 +713,9 @@ impl Transaction {
             plan: None,
             touched: 0,
         };
-        t.set_scalar("UNIQUE_ID", unique_id.as_bytes().to_vec());
+        t.set_scalar(v!("UNIQUE_ID"), unique_id.as_bytes());
         // Defined (empty) even without a body processor, so `!@rx` rules on it can match.
-        t.set_scalar("REQBODY_PROCESSOR", Vec::new());
+        t.set_scalar(v!("REQBODY_PROCESSOR"), b"");
         t
     }
 
@@ -694,14 +774,10 @@ impl Transaction {
                 v.clear();
                 v.extend_from_slice(value);
             }
-            None => match self.tx_spare.pop() {
-                Some((mut k, mut v)) => {
-                    k.push_str(key);
-                    v.extend_from_slice(value);
-                    self.tx_push(hash, k, v);
-                }
-                None => self.tx_push(hash, key.to_string(), value.to_vec()),
-            },
+            None => {
+                let (k, v) = entry(&mut self.spare, key, value);
+                self.tx_push(hash, k, v);
+            }
         }
     }
 
@@ -737,13 +813,48 @@ impl Transaction {
         }
     }
 
-    fn set_scalar(&mut self, name: &str, value: Vec<u8>) {
-        let c = vi(name);
-        let coll = &mut self.colls[c];
-        coll.clear();
-        coll.push((String::new(), value));
+    /// Sets scalar variable `c` (see `v!`) to a copy of `value`, in the buffer it had.
+    fn set_scalar(&mut self, c: usize, value: &[u8]) {
+        match self.colls[c].as_mut_slice() {
+            [(k, v)] if k.is_empty() => {
+                v.clear();
+                v.extend_from_slice(value);
+            }
+            _ => {
+                self.recycle(c);
+                let e = entry(&mut self.spare, "", value);
+                self.colls[c].push(e);
+            }
+        }
         self.forget_memos(c);
         self.touched |= 1 << c;
+    }
+
+    /// `set_scalar` keeping `value` itself (a body, a value made anyway).
+    fn put_scalar(&mut self, c: usize, value: Vec<u8>) {
+        self.recycle(c);
+        self.colls[c].push((String::new(), value));
+        self.forget_memos(c);
+        self.touched |= 1 << c;
+    }
+
+    /// Empties collection `c` into the spare entries.
+    fn recycle(&mut self, c: usize) {
+        let mut coll = std::mem::take(&mut self.colls[c]);
+        self.recycle_from(&mut coll, 0);
+        self.colls[c] = coll;
+    }
+
+    /// Moves the entries of `coll` from `at` on into the spare entries.
+    pub(super) fn recycle_from(&mut self, coll: &mut Coll, at: usize) {
+        let spare = &mut self.spare;
+        for (mut k, mut v) in coll.drain(at.min(coll.len())..) {
+            if spare.len() < SPARE_ENTRIES && k.capacity() <= 256 && v.capacity() <= 4096 {
+                k.clear();
+                v.clear();
+                spare.push((k, v));
+            }
+        }
     }
 
     /// Collection `c` changed in place: its values' memo cells, and what was worked out from
@@ -783,27 +894,27 @@ impl Transaction {
 
     /// The connection: client and server addresses.
     pub fn set_connection(&mut self, client: IpAddr, client_port: u16, server: IpAddr, port: u16) {
-        self.set_scalar(
-            "REMOTE_ADDR",
-            client.to_canonical().to_string().into_bytes(),
-        );
-        self.set_scalar("REMOTE_PORT", client_port.to_string().into_bytes());
-        self.set_scalar(
-            "SERVER_ADDR",
-            server.to_canonical().to_string().into_bytes(),
-        );
-        self.set_scalar("SERVER_PORT", port.to_string().into_bytes());
+        let mut buf = [0u8; 48];
+        self.set_scalar(v!("REMOTE_ADDR"), ip_text(client, &mut buf));
+        let mut n = itoa::Buffer::new();
+        self.set_scalar(v!("REMOTE_PORT"), n.format(client_port).as_bytes());
+        self.set_scalar(v!("SERVER_ADDR"), ip_text(server, &mut buf));
+        self.set_scalar(v!("SERVER_PORT"), n.format(port).as_bytes());
     }
 
     /// The request line as received: method, target (`/path?query` or absolute form), protocol.
     pub fn set_request_line(&mut self, method: &str, uri: &str, protocol: &str) {
-        self.set_scalar("REQUEST_METHOD", method.as_bytes().to_vec());
-        self.set_scalar("REQUEST_PROTOCOL", protocol.as_bytes().to_vec());
-        self.set_scalar(
-            "REQUEST_LINE",
-            format!("{method} {uri} {protocol}").into_bytes(),
-        );
-        self.set_scalar("REQUEST_URI_RAW", uri.as_bytes().to_vec());
+        self.set_scalar(v!("REQUEST_METHOD"), method.as_bytes());
+        self.set_scalar(v!("REQUEST_PROTOCOL"), protocol.as_bytes());
+        self.set_scalar(v!("REQUEST_LINE"), b"");
+        if let Some((_, line)) = self.colls[v!("REQUEST_LINE")].first_mut() {
+            line.extend_from_slice(method.as_bytes());
+            line.push(b' ');
+            line.extend_from_slice(uri.as_bytes());
+            line.push(b' ');
+            line.extend_from_slice(protocol.as_bytes());
+        }
+        self.set_scalar(v!("REQUEST_URI_RAW"), uri.as_bytes());
         // REQUEST_URI drops scheme and authority of an absolute-form target.
         let rel = match uri.find("://") {
             Some(p) if !uri[..p].contains('/') => {
@@ -815,20 +926,20 @@ impl Transaction {
             }
             _ => uri,
         };
-        self.set_scalar("REQUEST_URI", rel.as_bytes().to_vec());
+        self.set_scalar(v!("REQUEST_URI"), rel.as_bytes());
         let (path, query) = match rel.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (rel, None),
         };
         let decoded = percent_decode(path.as_bytes());
         let base = match decoded.iter().rposition(|b| *b == b'/' || *b == b'\\') {
-            Some(p) => decoded[p + 1..].to_vec(),
-            None => decoded.clone(),
+            Some(p) => &decoded[p + 1..],
+            None => &decoded[..],
         };
-        self.set_scalar("REQUEST_FILENAME", decoded);
-        self.set_scalar("REQUEST_BASENAME", base);
+        self.set_scalar(v!("REQUEST_FILENAME"), &decoded);
+        self.set_scalar(v!("REQUEST_BASENAME"), base);
         if let Some(q) = query {
-            self.set_scalar("QUERY_STRING", q.as_bytes().to_vec());
+            self.set_scalar(v!("QUERY_STRING"), q.as_bytes());
             let mut p = body::processor(
                 body::Kind::UrlEncoded,
                 "",
@@ -847,7 +958,7 @@ impl Transaction {
                 .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
                 .collect();
         } else {
-            self.set_scalar("QUERY_STRING", Vec::new());
+            self.set_scalar(v!("QUERY_STRING"), b"");
         }
     }
 
@@ -864,7 +975,8 @@ impl Transaction {
                     Some(p) => (&part[..p], &part[p + 1..]),
                     None => (part, &b""[..]),
                 };
-                self.colls[i.cookies].push((String::from_utf8_lossy(k).into_owned(), v.to_vec()));
+                let e = entry(&mut self.spare, &String::from_utf8_lossy(k), v);
+                self.colls[i.cookies].push(e);
                 self.touched |= 1 << i.cookies;
             }
         } else if name.eq_ignore_ascii_case("content-type") {
@@ -876,12 +988,13 @@ impl Transaction {
             } else {
                 host.split(':').next().unwrap_or("")
             };
-            self.set_scalar("SERVER_NAME", h.as_bytes().to_vec());
+            self.set_scalar(v!("SERVER_NAME"), h.as_bytes());
         } else if name.eq_ignore_ascii_case("authorization") {
             let scheme = value.split(|b| *b == b' ').next().unwrap_or(b"");
-            self.set_scalar("AUTH_TYPE", scheme.to_vec());
+            self.set_scalar(v!("AUTH_TYPE"), scheme);
         }
-        self.colls[i.headers].push((name.to_string(), value.to_vec()));
+        let e = entry(&mut self.spare, name, value);
+        self.colls[i.headers].push(e);
         self.touched |= 1 << i.headers;
     }
 
@@ -889,7 +1002,7 @@ impl Transaction {
     pub fn process_request_headers(&mut self) -> Option<Intervention> {
         if let Some(k) = body::Kind::for_content_type(&self.content_type) {
             self.body_kind = Some(k);
-            self.set_scalar("REQBODY_PROCESSOR", kind_name(k).as_bytes().to_vec());
+            self.set_scalar(v!("REQBODY_PROCESSOR"), kind_name(k).as_bytes());
         }
         self.run_phase(1)
     }
@@ -997,9 +1110,12 @@ impl Transaction {
                 self.colls[i.files].push((field.clone(), f.filename));
                 self.colls[i.files_sizes].push((field, f.size.to_string().into_bytes()));
             }
-            self.set_scalar("FILES_COMBINED_SIZE", combined.to_string().into_bytes());
+            self.set_scalar(
+                v!("FILES_COMBINED_SIZE"),
+                itoa::Buffer::new().format(combined).as_bytes(),
+            );
             for (name, v) in parsed.vars {
-                self.set_scalar(name, v);
+                self.put_scalar(vi(name), v);
             }
             self.colls[i.part_headers] = parsed
                 .part_headers
@@ -1012,43 +1128,42 @@ impl Transaction {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
             let (err, msg) = match parsed.error {
-                Some(m) => (b"1".to_vec(), m.into_bytes()),
-                None => (b"0".to_vec(), Vec::new()),
+                Some(m) => (b"1", m.into_bytes()),
+                None => (b"0", Vec::new()),
             };
-            self.set_scalar("REQBODY_ERROR", err.clone());
-            self.set_scalar("REQBODY_PROCESSOR_ERROR", err);
-            self.set_scalar("REQBODY_ERROR_MSG", msg);
+            self.set_scalar(v!("REQBODY_ERROR"), err);
+            self.set_scalar(v!("REQBODY_PROCESSOR_ERROR"), err);
+            self.put_scalar(v!("REQBODY_ERROR_MSG"), msg);
         } else {
-            self.set_scalar("REQBODY_ERROR", b"0".to_vec());
-            self.set_scalar("REQBODY_PROCESSOR_ERROR", b"0".to_vec());
+            self.set_scalar(v!("REQBODY_ERROR"), b"0");
+            self.set_scalar(v!("REQBODY_PROCESSOR_ERROR"), b"0");
         }
+        let mut n = itoa::Buffer::new();
         self.set_scalar(
-            "REQUEST_BODY_LENGTH",
-            self.body_seen.to_string().into_bytes(),
+            v!("REQUEST_BODY_LENGTH"),
+            n.format(self.body_seen).as_bytes(),
         );
         let body = std::mem::take(&mut self.raw_body);
         let headers_len: usize = self.colls[i.headers]
             .iter()
             .map(|(k, v)| k.len() + v.len() + 4)
             .sum();
-        let line_len = self.first(vi("REQUEST_LINE")).len() + 2;
+        let line_len = self.first(v!("REQUEST_LINE")).len() + 2;
         self.set_scalar(
-            "FULL_REQUEST_LENGTH",
-            (line_len + headers_len + 2 + body.len())
-                .to_string()
-                .into_bytes(),
+            v!("FULL_REQUEST_LENGTH"),
+            n.format(line_len + headers_len + 2 + body.len()).as_bytes(),
         );
         // REQUEST_BODY holds the raw body for the urlencoded processor, or when a rule forces
         // it (the CRS is written for these ModSecurity semantics).
         if self.body_kind == Some(body::Kind::UrlEncoded) || self.force_body_var {
-            self.set_scalar("REQUEST_BODY", body);
+            self.put_scalar(v!("REQUEST_BODY"), body);
         }
         let combined: usize = [i.args_get, i.args_post]
             .iter()
             .flat_map(|c| self.colls[*c].iter())
             .map(|(k, v)| k.len() + v.len())
             .sum();
-        self.set_scalar("ARGS_COMBINED_SIZE", combined.to_string().into_bytes());
+        self.set_scalar(v!("ARGS_COMBINED_SIZE"), n.format(combined).as_bytes());
         // The memo cells of phase 1's values stay (headers, cookies, query arguments): those
         // collections did not change, and the ones that did were forgotten as they changed.
         self.run_phase(2)
@@ -1066,14 +1181,17 @@ impl Transaction {
             return self.intervention.clone();
         }
         let i = ix();
-        self.set_scalar("RESPONSE_STATUS", status.to_string().into_bytes());
-        self.set_scalar("RESPONSE_PROTOCOL", protocol.as_bytes().to_vec());
+        self.set_scalar(
+            v!("RESPONSE_STATUS"),
+            itoa::Buffer::new().format(status).as_bytes(),
+        );
+        self.set_scalar(v!("RESPONSE_PROTOCOL"), protocol.as_bytes());
         let mut stored = Vec::new();
         for (name, value) in headers {
             if name.eq_ignore_ascii_case("content-type") {
-                self.set_scalar("RESPONSE_CONTENT_TYPE", value.to_vec());
+                self.set_scalar(v!("RESPONSE_CONTENT_TYPE"), value);
             } else if name.eq_ignore_ascii_case("content-length") {
-                self.set_scalar("RESPONSE_CONTENT_LENGTH", value.to_vec());
+                self.set_scalar(v!("RESPONSE_CONTENT_LENGTH"), value);
             }
             stored.push((name.to_string(), value.to_vec()));
         }
@@ -1090,7 +1208,7 @@ impl Transaction {
             return self.intervention.clone();
         }
         self.done_phases = self.done_phases.max(3);
-        self.set_scalar("RESPONSE_BODY", body);
+        self.put_scalar(v!("RESPONSE_BODY"), body);
         self.forget_all_memos();
         self.run_phase(4)
     }
@@ -1141,6 +1259,12 @@ impl Transaction {
     fn render(&self, rule: Option<&Rule>, t: &Template) -> String {
         // Sized once: macros mostly expand to short numbers and names.
         let mut out = String::with_capacity(t.len_hint());
+        self.render_into(rule, t, &mut out);
+        out
+    }
+
+    /// `render` appended to `out`.
+    fn render_into(&self, rule: Option<&Rule>, t: &Template, out: &mut String) {
         for p in &t.0 {
             match p {
                 Piece::Text(s) => out.push_str(s),
@@ -1149,10 +1273,9 @@ impl Transaction {
                         out.push_str(&text_of(&self.colls[ix().tx][at].1));
                     }
                 }
-                Piece::Macro(name) => self.macro_into(rule, name, &mut out),
+                Piece::Macro(name) => self.macro_into(rule, name, out),
             }
         }
-        out
     }
 
     /// `render` for a text used at once: one piece is borrowed, not copied.
@@ -1787,6 +1910,9 @@ impl Transaction {
     /// link matches, before the next link is evaluated (a later link may read what they set),
     /// as libmodsecurity 3 does.
     fn link_actions(&mut self, starter: &Rule, link: &Rule) {
+        // Names and values with macros are rendered into buffers kept between requests.
+        let [mut name_buf, mut value_buf] = std::mem::take(&mut self.scratch);
+        let mut number = itoa::Buffer::new();
         for sv in &link.setvars {
             let ci = match sv.coll.as_str() {
                 "tx" => ix().tx,
@@ -1798,15 +1924,16 @@ impl Transaction {
             let tx = ci == ix().tx;
             // Names are mostly plain lower-case text: no copy then, and hashed at load.
             let (name, hash) = match &sv.plain_name {
-                Some(n) => (Cow::Borrowed(n.as_str()), sv.name_hash),
+                Some(n) => (n.as_str(), sv.name_hash),
                 None => {
-                    let mut n = self.render(Some(starter), &sv.name_tpl);
-                    n.make_ascii_lowercase();
-                    let h = if tx { tx_key_hash(&n) } else { 0 };
-                    (Cow::Owned(n), h)
+                    name_buf.clear();
+                    self.render_into(Some(starter), &sv.name_tpl, &mut name_buf);
+                    name_buf.make_ascii_lowercase();
+                    let h = if tx { tx_key_hash(&name_buf) } else { 0 };
+                    (name_buf.as_str(), h)
                 }
             };
-            let value = match &sv.op {
+            let value: &[u8] = match &sv.op {
                 SetOp::Delete if tx => {
                     self.tx_retain(|k| k != name);
                     continue;
@@ -1817,10 +1944,14 @@ impl Transaction {
                     continue;
                 }
                 SetOp::Set(v) if tx && sv.plain_value => {
-                    self.tx_set_hashed(hash, &name, v.as_bytes());
+                    self.tx_set_hashed(hash, name, v.as_bytes());
                     continue;
                 }
-                SetOp::Set(_) => self.render(Some(starter), &sv.value_tpl),
+                SetOp::Set(_) => {
+                    value_buf.clear();
+                    self.render_into(Some(starter), &sv.value_tpl, &mut value_buf);
+                    value_buf.as_bytes()
+                }
                 SetOp::Add(_) | SetOp::Sub(_) => {
                     // Mostly one TX macro (`+%{tx.critical_anomaly_score}`): read in place.
                     let d: i64 = self
@@ -1829,8 +1960,7 @@ impl Transaction {
                         .parse()
                         .unwrap_or(0);
                     let cur = if tx {
-                        self.tx_pos_hashed(hash, &name)
-                            .map(|at| &self.colls[ci][at])
+                        self.tx_pos_hashed(hash, name).map(|at| &self.colls[ci][at])
                     } else {
                         self.colls[ci].iter().find(|(k, _)| *k == name)
                     };
@@ -1844,20 +1974,27 @@ impl Transaction {
                         cur.saturating_sub(d)
                     };
                     // The anomaly scores are added to on every match: no `fmt` machinery.
-                    itoa::Buffer::new().format(n).to_string()
+                    number.format(n).as_bytes()
                 }
             };
             if tx {
-                self.tx_set_hashed(hash, &name, value.as_bytes());
+                self.tx_set_hashed(hash, name, value);
                 continue;
             }
             self.touched |= 1 << ci;
-            let coll = &mut self.colls[ci];
-            match coll.iter_mut().find(|(k, _)| *k == name) {
-                Some(e) => e.1 = value.into_bytes(),
-                None => coll.push((name.into_owned(), value.into_bytes())),
+            match self.colls[ci].iter().position(|(k, _)| *k == name) {
+                Some(at) => {
+                    let v = &mut self.colls[ci][at].1;
+                    v.clear();
+                    v.extend_from_slice(value);
+                }
+                None => {
+                    let e = entry(&mut self.spare, name, value);
+                    self.colls[ci].push(e);
+                }
             }
         }
+        self.scratch = [name_buf, value_buf];
         for c in &link.ctls {
             self.ctl(c);
         }
@@ -1953,7 +2090,7 @@ impl Transaction {
             }
             Ctl::BodyProcessor(k) => {
                 self.body_kind = Some(*k);
-                self.set_scalar("REQBODY_PROCESSOR", kind_name(*k).as_bytes().to_vec());
+                self.set_scalar(v!("REQBODY_PROCESSOR"), kind_name(*k).as_bytes());
             }
             Ctl::BodyAccess(b) => self.body_access = *b,
             Ctl::ForceBodyVariable(b) => self.force_body_var = *b,

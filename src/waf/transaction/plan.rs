@@ -388,18 +388,26 @@ impl Transaction {
             return;
         }
         let txc = ix().tx;
-        let mut coll = std::mem::take(&mut self.colls[txc]);
-        coll.clear();
-        for (k, v) in &plan.tx {
-            match self.tx_spare.pop() {
-                Some((mut sk, mut sv)) => {
+        // Set before (`set_tx`): replaced by the plan's.
+        self.recycle(txc);
+        // The last request's TX entries are written over in place (no moves, no allocations
+        // when the same plan ran before).
+        let mut coll = std::mem::take(&mut self.tx_old);
+        for (i, (k, v)) in plan.tx.iter().enumerate() {
+            match coll.get_mut(i) {
+                Some((sk, sv)) => {
+                    if sk.capacity() > 256 || sv.capacity() > 4096 {
+                        (*sk, *sv) = (String::new(), Vec::new());
+                    }
+                    sk.clear();
                     sk.push_str(k);
+                    sv.clear();
                     sv.extend_from_slice(v);
-                    coll.push((sk, sv));
                 }
-                None => coll.push((k.clone(), v.clone())),
+                None => coll.push(super::entry(&mut self.spare, k, v)),
             }
         }
+        self.recycle_from(&mut coll, plan.tx.len());
         self.colls[txc] = coll;
         self.tx_index.map.clone_from(&plan.tx_index.map);
         self.tx_digits = plan.tx_digits;
