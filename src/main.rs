@@ -705,6 +705,11 @@ fn log_line(buf: &mut env_logger::fmt::Formatter, r: &log::Record<'_>) -> std::i
         Some(m) if !m.contains('\x1b') => {
             writeln!(buf, "[{ts} {:<5} {}] {m}", r.level(), r.target())
         }
+        // Events come escaped (`Event::to_logfmt`): written as they are, not copied twice
+        // on the way (a WAF refusal logs a dozen of them on the request path).
+        None if r.target() == "event" => {
+            writeln!(buf, "[{ts} {:<5} event] {}", r.level(), r.args())
+        }
         _ => {
             let m = r.args().to_string().replace('\x1b', "\\e");
             writeln!(buf, "[{ts} {:<5} {}] {m}", r.level(), r.target())

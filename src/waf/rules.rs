@@ -108,17 +108,58 @@ impl Sel {
 
     // Inlined: rules test every key of a collection against their selectors (hundreds of
     // calls a request), and most keys differ in length, which settles it at once.
-    #[inline]
+    // Always inlined: called per key in `select`'s walk, which must not pay a call for it.
+    #[inline(always)]
     pub fn matches(&self, key: &str) -> bool {
-        let key = key.as_bytes();
         match self {
-            Sel::Key(k) => k.len() == key.len() && k.as_bytes().eq_ignore_ascii_case(key),
-            Sel::Regex(r) => r.is_match(key),
-            Sel::Contains(p) => {
-                p.len() <= key.len() && key.windows(p.len()).any(|w| w.eq_ignore_ascii_case(p))
-            }
-            Sel::Prefix(p) => key.len() >= p.len() && key[..p.len()].eq_ignore_ascii_case(p),
+            Sel::Key(k) => KeyPat::key_is(k.as_bytes(), key.as_bytes()),
+            Sel::Regex(r) => r.is_match(key.as_bytes()),
+            Sel::Contains(p) => KeyPat::key_contains(p, key.as_bytes()),
+            Sel::Prefix(p) => KeyPat::key_starts(p, key.as_bytes()),
         }
+    }
+
+    /// The selector as a text pattern (`None` for a regex).
+    fn pattern(&self) -> Option<KeyPat> {
+        match self {
+            Sel::Key(k) => Some(KeyPat::Key(k.clone())),
+            Sel::Regex(_) => None,
+            Sel::Contains(p) => Some(KeyPat::Contains(p.clone())),
+            Sel::Prefix(p) => Some(KeyPat::Prefix(p.clone())),
+        }
+    }
+}
+
+/// A key selector of plain text, comparable (hot sets are told apart by their targets).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyPat {
+    Key(String),
+    Contains(Vec<u8>),
+    Prefix(Vec<u8>),
+}
+
+impl KeyPat {
+    pub fn matches(&self, key: &str) -> bool {
+        match self {
+            KeyPat::Key(k) => KeyPat::key_is(k.as_bytes(), key.as_bytes()),
+            KeyPat::Contains(p) => KeyPat::key_contains(p, key.as_bytes()),
+            KeyPat::Prefix(p) => KeyPat::key_starts(p, key.as_bytes()),
+        }
+    }
+
+    #[inline]
+    fn key_is(k: &[u8], key: &[u8]) -> bool {
+        k.len() == key.len() && k.eq_ignore_ascii_case(key)
+    }
+
+    #[inline]
+    fn key_contains(p: &[u8], key: &[u8]) -> bool {
+        p.len() <= key.len() && key.windows(p.len()).any(|w| w.eq_ignore_ascii_case(p))
+    }
+
+    #[inline]
+    fn key_starts(p: &[u8], key: &[u8]) -> bool {
+        key.len() >= p.len() && key[..p.len()].eq_ignore_ascii_case(p)
     }
 }
 
@@ -373,6 +414,9 @@ pub struct RuleSet {
     /// The distinct sets of targets `Hot::set` names (sorted; the CRS has a few dozen), so
     /// that a transaction works out what a set cannot match once per phase.
     pub hot_sets: Vec<Box<[HotTarget]>>,
+    /// The distinct (collection, excluded keys) of hot set targets (`HotTarget::except`): a
+    /// hundred CRS rules leave out `__utm` cookies, so their words are made once a phase.
+    pub hot_excepts: Vec<(u16, Box<[KeyPat]>)>,
     /// The rules `Hot::gate` points to.
     pub gates: Vec<Gate>,
 }
@@ -420,13 +464,18 @@ impl Gate {
 
 /// One target of a hot set: a collection, and the key it selects when it names one
 /// (`REQUEST_HEADERS:User-Agent`): only the values under that key count then. Other
-/// selectors and exclusions count as the whole collection (more values can only make fewer
-/// rules pass over).
+/// selectors count as the whole collection (more values can only make fewer rules pass
+/// over), less the keys the link excludes by plain text (`!REQUEST_COOKIES:/__utm/`,
+/// `!REQUEST_HEADERS:Referer`): the link never runs on those values, so they would never
+/// be known to miss it, and the rule could never be passed over while one is present.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HotTarget {
     pub coll: u16,
     /// Lower-case, as `Sel::Key` holds it.
     pub key: Option<String>,
+    /// 1 + the index in `RuleSet::hot_excepts` of the keys left out (only without `key`;
+    /// regex exclusions are not left out: their values count), 0 for none.
+    pub except: u32,
 }
 
 /// See `RuleSet::hot`.
@@ -501,6 +550,7 @@ impl RuleSet {
                 jumps: Default::default(),
                 hot: Default::default(),
                 hot_sets: Vec::new(),
+                hot_excepts: Vec::new(),
                 gates: Vec::new(),
             },
             chain_index: HashMap::new(),
@@ -580,12 +630,40 @@ impl RuleSet {
                         let mut targets: Vec<HotTarget> = r
                             .targets
                             .iter()
-                            .map(|v| HotTarget {
-                                coll: v.coll as u16,
-                                key: match &v.selector {
+                            .map(|v| {
+                                let key = match &v.selector {
                                     Some(Sel::Key(k)) => Some(k.clone()),
                                     _ => None,
-                                },
+                                };
+                                let mut except: Vec<KeyPat> = match key {
+                                    Some(_) => Vec::new(),
+                                    None => r
+                                        .exclusions
+                                        .iter()
+                                        .filter(|e| e.coll == v.coll && !e.count)
+                                        .filter_map(|e| e.selector.as_ref()?.pattern())
+                                        .collect(),
+                                };
+                                except.sort_unstable();
+                                except.dedup();
+                                let except = if except.is_empty() {
+                                    0
+                                } else {
+                                    let e = (v.coll as u16, except.into_boxed_slice());
+                                    let ex = &mut b.set.hot_excepts;
+                                    1 + match ex.iter().position(|x| *x == e) {
+                                        Some(n) => n,
+                                        None => {
+                                            ex.push(e);
+                                            ex.len() - 1
+                                        }
+                                    } as u32
+                                };
+                                HotTarget {
+                                    coll: v.coll as u16,
+                                    key,
+                                    except,
+                                }
                             })
                             .collect();
                         targets.sort_unstable();

@@ -9,8 +9,8 @@ use super::body::{self, Processor};
 use super::memo::{self, ValueMemo};
 use super::operators::Macros;
 use super::rules::{
-    in_ranges, macro_at, split_macros, AllowScope, Ctl, Disruptive, Entry, Mode, Piece, Raw, Rule,
-    RuleSet, Sel, SetOp, Template, Var,
+    in_ranges, macro_at, split_macros, AllowScope, Ctl, Disruptive, Entry, KeyPat, Mode, Piece,
+    Raw, Rule, RuleSet, Sel, SetOp, Template, Var,
 };
 use super::seclang::VARIABLES;
 use std::borrow::Cow;
@@ -142,6 +142,9 @@ pub struct Transaction {
     /// Bit c set when collection c changed since the last `prepare_memos`, which then
     /// looks at those alone (most of the 85 are empty or unchanged in every phase).
     touched: u128,
+    /// Chains evaluated in full (tests tell a rule passed over from one that ran).
+    #[cfg(test)]
+    chains: u32,
 }
 
 const _: () = assert!(VARIABLES.len() <= 128, "touched holds one bit per variable");
@@ -712,6 +715,8 @@ impl Transaction {
             oversize: false,
             plan: None,
             touched: 0,
+            #[cfg(test)]
+            chains: 0,
         };
         t.set_scalar(v!("UNIQUE_ID"), unique_id.as_bytes());
         // Defined (empty) even without a body processor, so `!@rx` rules on it can match.
@@ -1365,13 +1370,46 @@ impl Transaction {
         f: &mut ValueSink<'_>,
     ) {
         if var.count {
-            let mut n = 0usize;
-            self.select(var, rule, excl, extra, None, &mut |_, _, _| n += 1);
+            let n = match self.quick_count(var, excl, extra) {
+                Some(n) => n,
+                None => {
+                    let mut n = 0usize;
+                    self.select(var, rule, excl, extra, None, &mut |_, _, _| n += 1);
+                    n
+                }
+            };
             // Counted on most requests (`&ARGS`, `&TX:x`): formatted without an allocation.
             let mut buf = itoa::Buffer::new();
             f("", buf.format(n).as_bytes(), None);
         } else {
             self.select(var, rule, excl, extra, known_miss, f);
+        }
+    }
+
+    /// `&COLLECTION` and `&COLLECTION:key` of a stored collection (or of TX by key) that no
+    /// exclusion touches, counted without walking values through `select` (the CRS counts
+    /// `&REQUEST_HEADERS:Host`, `&ARGS` and the like on every request). `None`: the general
+    /// path counts.
+    fn quick_count(&self, var: &Var, excl: &[Var], extra: &[&Var]) -> Option<usize> {
+        let c = var.coll;
+        let i = ix();
+        if excl.iter().any(|e| e.coll == c) || extra.iter().any(|e| e.coll == c) {
+            return None;
+        }
+        if c == i.tx {
+            return match &var.selector {
+                Some(Sel::Key(k)) => Some(usize::from(self.tx_pos(k).is_some())),
+                _ => None,
+            };
+        }
+        if i.computed[c] {
+            return None;
+        }
+        let coll = &self.colls[c];
+        match &var.selector {
+            None => Some(coll.len()),
+            Some(s @ Sel::Key(_)) => Some(coll.iter().filter(|(k, _)| s.matches(k)).count()),
+            Some(_) => None,
         }
     }
 
@@ -1562,6 +1600,29 @@ impl Transaction {
                 let c = t.coll as usize;
                 match &t.key {
                     Some(key) => self.key_miss(c, key, &mut and[at..at + words]),
+                    None if t.except > 0 => {
+                        // Made once a phase per (collection, keys left out), after the sets.
+                        let e = self.rules.hot_sets.len() + t.except as usize - 1;
+                        let ex = e * words;
+                        if !self.set_ready[e] {
+                            and[ex..ex + words].fill(u64::MAX);
+                            let except = &self.rules.hot_excepts[t.except as usize - 1].1;
+                            // Only when a value is left out: else the collection's words
+                            // (made once a phase) are the same.
+                            match self.coll_miss(c) {
+                                Some(w) if !self.excepts_any(c, except) => and[ex..ex + words]
+                                    .iter_mut()
+                                    .zip(w.iter())
+                                    .for_each(|(a, w)| *a &= w),
+                                _ => self.except_miss(c, except, &mut and[ex..ex + words]),
+                            }
+                            self.set_ready[e] = true;
+                        }
+                        for n in 0..words {
+                            let w = and[ex + n];
+                            and[at + n] &= w;
+                        }
+                    }
                     None => match self.coll_miss(c) {
                         Some(w) => and[at..at + words]
                             .iter_mut()
@@ -1580,6 +1641,33 @@ impl Transaction {
     /// Clears in `and` the memo slots not known to miss every value collection `c` holds
     /// under `key` (all of them when a value has no memo cell).
     fn key_miss(&self, c: usize, key: &str, and: &mut [u64]) {
+        self.miss_where(
+            c,
+            |k| k.len() == key.len() && k.eq_ignore_ascii_case(key),
+            and,
+        );
+    }
+
+    /// `key_miss` for the values of collection `c` whose keys none of `except` matches.
+    fn except_miss(&self, c: usize, except: &[KeyPat], and: &mut [u64]) {
+        self.miss_where(c, |k| !except.iter().any(|p| p.matches(k)), and);
+    }
+
+    /// Whether one of `except` matches a key of collection `c`.
+    fn excepts_any(&self, c: usize, except: &[KeyPat]) -> bool {
+        let Some((sources, _)) = ix().stored(c) else {
+            return true;
+        };
+        sources.iter().any(|&coll| {
+            self.colls[coll]
+                .iter()
+                .any(|(k, _)| except.iter().any(|p| p.matches(k)))
+        })
+    }
+
+    /// Clears in `and` the memo slots not known to miss every value of collection `c` whose
+    /// key `keep` keeps (all of them when such a value has no memo cell).
+    fn miss_where(&self, c: usize, keep: impl Fn(&str) -> bool, and: &mut [u64]) {
         let i = ix();
         let Some((sources, keys)) = i.stored(c).filter(|_| i.stable[c]) else {
             and.fill(0);
@@ -1589,7 +1677,7 @@ impl Transaction {
             let memos = if keys { &self.kmemo } else { &self.vmemo };
             let memos = memos.get(coll).map(Vec::as_slice).unwrap_or_default();
             for (n, (k, v)) in self.colls[coll].iter().enumerate() {
-                if k.len() != key.len() || !k.eq_ignore_ascii_case(key) {
+                if !keep(k) {
                     continue;
                 }
                 let Some(cell) = memos.get(n) else {
@@ -1694,6 +1782,10 @@ impl Transaction {
     /// Evaluates every link of the chain; commits captures and MATCHED_VARS link by link (a
     /// later link may read them). True when all links match.
     fn eval_chain(&mut self, starter: &Rule) -> bool {
+        #[cfg(test)]
+        {
+            self.chains += 1;
+        }
         self.matched.clear();
         let mut found = std::mem::take(&mut self.found);
         let mut all = true;
@@ -1891,8 +1983,10 @@ impl Transaction {
         self.all_miss.resize_with(self.colls.len(), OnceLock::new);
         let words = (self.rules.memo_slots as usize).div_ceil(64);
         self.set_ready.clear();
-        self.set_ready.resize(self.rules.hot_sets.len(), false);
-        self.set_miss.resize(self.rules.hot_sets.len() * words, 0);
+        // The sets' words, then those of the targets' excluded keys (`hot_excepts`).
+        let sets = self.rules.hot_sets.len() + self.rules.hot_excepts.len();
+        self.set_ready.resize(sets, false);
+        self.set_miss.resize(sets * words, 0);
         let mut touched = std::mem::take(&mut self.touched);
         while touched != 0 {
             let c = touched.trailing_zeros() as usize;
@@ -2214,6 +2308,52 @@ mod tests {
         assert_eq!(run("bad", "ok"), Some(1));
         assert_eq!(run("ok", "ok"), None);
         assert_eq!(run("bad", "bad"), Some(1));
+    }
+
+    #[test]
+    fn values_a_rule_excludes_do_not_keep_it_from_being_passed_over() {
+        // Rule 2 never reads `__utm*` cookies, so they are never known to miss it: they must
+        // not count when the engine asks whether every value it reads is known to.
+        let set = Arc::new(
+            RuleSet::parse(
+                "SecRule REQUEST_COOKIES|!REQUEST_COOKIES:/__utm/ \"@streq bad\" \
+                 \"id:2,phase:1,deny,status:403\"\n",
+            )
+            .expect("rules load"),
+        );
+        let run = |cookie: &str| {
+            let mut t = Transaction::new(set.clone(), Mode::On, "k");
+            t.add_header("Cookie", cookie.as_bytes());
+            let verdict = get(&mut t, "/").map(|i| i.rule_id);
+            (verdict, t.chains)
+        };
+        assert_eq!(run("a=ok; __utma=bad"), (None, 1));
+        // Seen before: `a`'s value is known to miss, `__utma`'s is left out.
+        assert_eq!(run("a=ok; __utma=bad"), (None, 0));
+        assert_eq!(run("__utmz=bad"), (None, 0));
+        // A value it reads and has not judged, or one that matches, still runs it.
+        assert_eq!(run("a=ok; __utma=bad; b=bad"), (Some(2), 1));
+        assert_eq!(run("a=bad; __utma=ok"), (Some(2), 1));
+        assert_eq!(run("a=ok; __utma=bad"), (None, 0));
+    }
+
+    #[test]
+    fn counts_by_key_whole_collection_tx_and_with_exclusions() {
+        let mut t = tx(
+            "SecRule &REQUEST_HEADERS:x-a \"@eq 2\" \"id:10,phase:1,pass,setvar:tx.a=1\"
+SecRule &REQUEST_HEADERS \"@eq 4\" \"id:11,phase:1,pass,setvar:tx.b=1\"
+SecRule &TX:a \"@eq 1\" \"id:12,phase:1,pass,setvar:tx.c=1\"
+SecRule &TX:nope \"@eq 0\" \"id:13,phase:1,pass,setvar:tx.d=1\"
+SecRule &REQUEST_HEADERS|!REQUEST_HEADERS:User-Agent \"@eq 3\" \"id:14,phase:1,pass,setvar:tx.e=1\"
+SecRule &ARGS_GET:q \"@eq 1\" \"id:15,phase:1,pass,setvar:tx.f=1\"
+",
+        );
+        t.add_header("X-A", b"1");
+        t.add_header("x-a", b"2");
+        assert!(get(&mut t, "/?q=1&r=2").is_none());
+        for k in ["a", "b", "c", "d", "e", "f"] {
+            assert_eq!(t.tx(k), Some(&b"1"[..]), "tx.{k}");
+        }
     }
 
     #[test]
