@@ -420,6 +420,23 @@ thread_local! {
 /// headers, scalars and arguments.
 const SPARE_ENTRIES: usize = 512;
 
+/// Whether an entry's buffers are worth keeping: large ones (a copied body, a huge header)
+/// are let go rather than pinned to the thread.
+pub(super) fn fits_spare(k: &String, v: &Vec<u8>) -> bool {
+    k.capacity() <= 256 && v.capacity() <= 4096
+}
+
+/// Moves the entries of `coll` from `from` on into `spare`, emptied, as far as it keeps them.
+pub(super) fn to_spare(spare: &mut Vec<(String, Vec<u8>)>, coll: &mut Coll, from: usize) {
+    for (mut k, mut v) in coll.drain(from.min(coll.len())..) {
+        if spare.len() < SPARE_ENTRIES && fits_spare(&k, &v) {
+            k.clear();
+            v.clear();
+            spare.push((k, v));
+        }
+    }
+}
+
 /// Transactions in flight on one thread at a time are few; more are not worth keeping.
 const KEPT_BUFFERS: usize = 8;
 
@@ -442,15 +459,8 @@ impl Buffers {
             self.tx_old = std::mem::take(&mut self.colls[ix().tx]);
         }
         for coll in self.colls.iter_mut().filter(|c| !c.is_empty()) {
-            for (mut k, mut v) in coll.drain(..) {
-                // Large values (a copied body) are let go, and a request with thousands of
-                // arguments does not pin their memory to the thread.
-                if self.spare.len() < SPARE_ENTRIES && k.capacity() <= 256 && v.capacity() <= 4096 {
-                    k.clear();
-                    v.clear();
-                    self.spare.push((k, v));
-                }
-            }
+            to_spare(&mut self.spare, coll, 0);
+            // A request with thousands of arguments does not pin their slots to the thread.
             coll.shrink_to(1024);
         }
         self.vmemo.iter_mut().for_each(Vec::clear);
@@ -820,19 +830,21 @@ impl Transaction {
 
     /// Sets scalar variable `c` (see `v!`) to a copy of `value`, in the buffer it had.
     fn set_scalar(&mut self, c: usize, value: &[u8]) {
-        match self.colls[c].as_mut_slice() {
-            [(k, v)] if k.is_empty() => {
-                v.clear();
-                v.extend_from_slice(value);
-            }
-            _ => {
-                self.recycle(c);
-                let e = entry(&mut self.spare, "", value);
-                self.colls[c].push(e);
-            }
-        }
+        self.scalar_mut(c).extend_from_slice(value);
+    }
+
+    /// Scalar variable `c`'s value, emptied, to be written in place.
+    fn scalar_mut(&mut self, c: usize) -> &mut Vec<u8> {
         self.forget_memos(c);
         self.touched |= 1 << c;
+        if !matches!(self.colls[c].as_slice(), [(k, _)] if k.is_empty()) {
+            self.recycle(c);
+            let e = entry(&mut self.spare, "", b"");
+            self.colls[c].push(e);
+        }
+        let v = &mut self.colls[c][0].1;
+        v.clear();
+        v
     }
 
     /// `set_scalar` keeping `value` itself (a body, a value made anyway).
@@ -845,21 +857,7 @@ impl Transaction {
 
     /// Empties collection `c` into the spare entries.
     fn recycle(&mut self, c: usize) {
-        let mut coll = std::mem::take(&mut self.colls[c]);
-        self.recycle_from(&mut coll, 0);
-        self.colls[c] = coll;
-    }
-
-    /// Moves the entries of `coll` from `at` on into the spare entries.
-    pub(super) fn recycle_from(&mut self, coll: &mut Coll, at: usize) {
-        let spare = &mut self.spare;
-        for (mut k, mut v) in coll.drain(at.min(coll.len())..) {
-            if spare.len() < SPARE_ENTRIES && k.capacity() <= 256 && v.capacity() <= 4096 {
-                k.clear();
-                v.clear();
-                spare.push((k, v));
-            }
-        }
+        to_spare(&mut self.spare, &mut self.colls[c], 0);
     }
 
     /// Collection `c` changed in place: its values' memo cells, and what was worked out from
@@ -911,14 +909,12 @@ impl Transaction {
     pub fn set_request_line(&mut self, method: &str, uri: &str, protocol: &str) {
         self.set_scalar(v!("REQUEST_METHOD"), method.as_bytes());
         self.set_scalar(v!("REQUEST_PROTOCOL"), protocol.as_bytes());
-        self.set_scalar(v!("REQUEST_LINE"), b"");
-        if let Some((_, line)) = self.colls[v!("REQUEST_LINE")].first_mut() {
-            line.extend_from_slice(method.as_bytes());
-            line.push(b' ');
-            line.extend_from_slice(uri.as_bytes());
-            line.push(b' ');
-            line.extend_from_slice(protocol.as_bytes());
-        }
+        let line = self.scalar_mut(v!("REQUEST_LINE"));
+        line.extend_from_slice(method.as_bytes());
+        line.push(b' ');
+        line.extend_from_slice(uri.as_bytes());
+        line.push(b' ');
+        line.extend_from_slice(protocol.as_bytes());
         self.set_scalar(v!("REQUEST_URI_RAW"), uri.as_bytes());
         // REQUEST_URI drops scheme and authority of an absolute-form target.
         let rel = match uri.find("://") {

@@ -396,7 +396,7 @@ impl Transaction {
         for (i, (k, v)) in plan.tx.iter().enumerate() {
             match coll.get_mut(i) {
                 Some((sk, sv)) => {
-                    if sk.capacity() > 256 || sv.capacity() > 4096 {
+                    if !super::fits_spare(sk, sv) {
                         (*sk, *sv) = (String::new(), Vec::new());
                     }
                     sk.clear();
@@ -407,7 +407,7 @@ impl Transaction {
                 None => coll.push(super::entry(&mut self.spare, k, v)),
             }
         }
-        self.recycle_from(&mut coll, plan.tx.len());
+        super::to_spare(&mut self.spare, &mut coll, plan.tx.len());
         self.colls[txc] = coll;
         self.tx_index.map.clone_from(&plan.tx_index.map);
         self.tx_digits = plan.tx_digits;
