@@ -769,12 +769,25 @@ fn contains_word(input: &[u8], p: &[u8]) -> bool {
 /// First occurrence of `needle` in `hay` at or after `from`.
 fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     let hay = hay.get(from..)?;
+    let (Some(&first), Some(&end)) = (needle.first(), needle.last()) else {
+        return Some(from);
+    };
+    // `@within` lists (`/proxy/ /lock-token/ …`, a header name per call) are under 128
+    // bytes whose separators start and end every needle: testing both ends in a plain loop
+    // leaves one slice compare, where a vector scan for the first byte stops at every `/`.
+    if hay.len() <= 128 {
+        let last = hay.len().checked_sub(needle.len())?;
+        let n = needle.len() - 1;
+        return (0..=last)
+            .find(|&i| hay[i] == first && hay[i + n] == end && hay[i..=i + n] == *needle)
+            .map(|at| from + at);
+    }
     // Values and parameters are mostly short: a scan for the first byte answers before a
     // substring searcher is even set up (`@within` searches a new needle every call).
-    if let (Some((&first, rest)), true) = (needle.split_first(), hay.len() <= 512) {
+    if hay.len() <= 512 {
         let last = hay.len().checked_sub(needle.len())?;
         return memchr::memchr_iter(first, &hay[..=last])
-            .find(|&i| hay[i + 1..i + needle.len()] == *rest)
+            .find(|&i| hay[i + 1..i + needle.len()] == needle[1..])
             .map(|at| from + at);
     }
     memchr::memmem::find(hay, needle).map(|at| from + at)
@@ -947,6 +960,42 @@ fn invalid_utf8(input: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn substring_search_agrees_with_a_naive_one_on_short_and_long_subjects() {
+        let naive = |hay: &[u8], needle: &[u8], from: usize| -> Option<usize> {
+            let hay = hay.get(from..)?;
+            (0..=hay.len())
+                .find(|&i| hay.get(i..i + needle.len()) == Some(needle))
+                .map(|i| i + from)
+        };
+        let short = b"/proxy/ /lock-token/ /content-range/ /if/".to_vec();
+        let long: Vec<u8> = short.iter().copied().cycle().take(700).collect();
+        let mid: Vec<u8> = short.iter().copied().cycle().take(300).collect();
+        let needles: [&[u8]; 8] = [
+            b"",
+            b"/if/",
+            b"/accept/",
+            b"/",
+            b"range/ /if/",
+            b"x",
+            b"/proxy/ /lock-token/ /content-range/ /if/ /more/",
+            b"n-r",
+        ];
+        for hay in [&short, &mid, &long] {
+            for needle in needles {
+                for from in [0, 1, 8, hay.len() - 1, hay.len(), hay.len() + 1] {
+                    assert_eq!(
+                        find(hay, needle, from),
+                        naive(hay, needle, from),
+                        "{:?} in {} bytes from {from}",
+                        String::from_utf8_lossy(needle),
+                        hay.len()
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_whole_value_pattern_matches_and_captures_as_the_regex_does() {
