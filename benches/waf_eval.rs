@@ -27,6 +27,10 @@ use std::time::Duration;
 
 const CRS: &str = "/usr/share/modsecurity-crs/owasp-crs.load";
 
+/// The gateway's allocator (see `src/main.rs`), so that allocation costs here are the proxy's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Req<'a> {
     name: &'a str,
     method: &'a str,
