@@ -6,8 +6,9 @@
 # in turn: the origin nginx, cong under `valgrind --tool=callgrind --instr-atstart=no`, a 5 s
 # warm-up of wrk with the mix, instrumentation on (`callgrind_control -i on`), $SECONDS_RUN s
 # of `wrk -t1 -c4` with the mix, instrumentation off. Prints instructions per request of each
-# and their ratio. CACHE_SIM=1 adds valgrind's cache simulation (first-level misses per
-# request; slower). The callgrind files stay in the printed directory for callgrind_annotate.
+# and their ratio. CACHE_SIM=1 adds valgrind's cache simulation and prints first-level data
+# and instruction misses and last-level misses per request (slower). The callgrind files stay
+# in the printed directory for callgrind_annotate.
 #
 # Usage: benches/waf-instructions.sh   (after cargo build --release; needs valgrind)
 set -euo pipefail
@@ -45,6 +46,13 @@ for n in cong-waf cong; do
     instr="$(callgrind_annotate "$D/$n.callgrind.1" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)"
     per[$n]=$((instr / reqs))
     printf '%-9s %8d requests %14d instructions %9d per request\n' "$n" "$reqs" "$instr" "${per[$n]}"
+    if [[ "${CACHE_SIM:-0}" == 1 ]]; then
+        # Events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw, per request.
+        callgrind_annotate "$D/$n.callgrind.1" 2>/dev/null | sed -n 's/^\(.*\) *PROGRAM TOTALS.*/\1/p' |
+            sed 's/([^)]*)//g; s/,//g' | awk -v r="$reqs" -v n="$n" '{
+                printf "%-9s per request: L1 data read misses %d, write misses %d, L1 instruction misses %d, last-level misses %d\n",
+                    n, $5 / r, $6 / r, $4 / r, ($7 + $8 + $9) / r }'
+    fi
 done
 awk -v a="${per[cong-waf]}" -v b="${per[cong]}" 'BEGIN { printf "instructions per request cong-waf / cong: %.2f\n", a / b }'
 echo "(callgrind files in $D)"
