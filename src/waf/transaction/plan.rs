@@ -14,7 +14,7 @@
 //! removes rules or targets) is evaluated rule by rule as without a plan. It must not know about
 //! requests or tenants: the caller says which TX settings and exclusions apply.
 
-use super::{ix, next_rule, Exclusions, Transaction};
+use super::{ix, next_rule, Coll, Exclusions, Transaction};
 use crate::waf::rules::{in_ranges, Disruptive, Entry, Piece, Rule, RuleSet, Sel, SetOp};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -391,24 +391,44 @@ impl Transaction {
         // Set before (`set_tx`): replaced by the plan's.
         self.recycle(txc);
         // The last request's TX entries are written over in place (no moves, no allocations
-        // when the same plan ran before).
-        let mut coll = std::mem::take(&mut self.tx_old);
-        for (i, (k, v)) in plan.tx.iter().enumerate() {
-            match coll.get_mut(i) {
-                Some((sk, sv)) => {
-                    if !super::fits_spare(sk, sv) {
-                        (*sk, *sv) = (String::new(), Vec::new());
+        // when the same plan ran before). When it started from this plan and no entry moved,
+        // only the entries it wrote differ from the plan's.
+        let kept = std::mem::take(&mut self.tx_old);
+        let mut coll = kept.coll;
+        let same = kept.plan.is_some_and(|p| Arc::ptr_eq(&p, plan)) && coll.len() >= plan.tx.len();
+        let mut dirty = match kept.dirty {
+            Some(bits) if same => {
+                for (w, &bits) in bits.iter().enumerate() {
+                    let mut b = bits;
+                    while b != 0 {
+                        let i = w * 64 + b.trailing_zeros() as usize;
+                        b &= b - 1;
+                        if let (Some(slot), Some((k, v))) = (coll.get_mut(i), plan.tx.get(i)) {
+                            put(slot, k, v);
+                        }
                     }
-                    sk.clear();
-                    sk.push_str(k);
-                    sv.clear();
-                    sv.extend_from_slice(v);
                 }
-                None => coll.push(super::entry(&mut self.spare, k, v)),
+                bits
             }
-        }
+            other => {
+                rewrite(&mut coll, &plan.tx, &mut self.spare);
+                other.unwrap_or_default()
+            }
+        };
         super::to_spare(&mut self.spare, &mut coll, plan.tx.len());
+        debug_assert!(
+            coll.len() == plan.tx.len()
+                && coll
+                    .iter()
+                    .zip(plan.tx.iter())
+                    .all(|((sk, sv), (k, v))| sk == k && sv == v),
+            "TX restored to the plan's values"
+        );
         self.colls[txc] = coll;
+        dirty.clear();
+        dirty.resize(plan.tx.len().div_ceil(64), 0);
+        self.tx_dirty = dirty;
+        self.tx_moved = false;
         self.tx_index.map.clone_from(&plan.tx_index.map);
         self.tx_digits = plan.tx_digits;
         self.plan = Some(plan.clone());
@@ -429,6 +449,27 @@ impl Transaction {
             self.tx_index.map.entry(h).or_insert(i as u32);
         }
     }
+}
+
+/// Writes the plan's TX entries over `coll`'s first entries, adding those it lacks.
+fn rewrite(coll: &mut Coll, tx: &[(String, Vec<u8>)], spare: &mut Vec<(String, Vec<u8>)>) {
+    for (i, (k, v)) in tx.iter().enumerate() {
+        match coll.get_mut(i) {
+            Some(slot) => put(slot, k, v),
+            None => coll.push(super::entry(spare, k, v)),
+        }
+    }
+}
+
+/// Writes TX entry `k`, `v` into `slot`, in its buffers unless they grew too large to keep.
+fn put((sk, sv): &mut (String, Vec<u8>), k: &str, v: &[u8]) {
+    if !super::fits_spare(sk, sv) {
+        (*sk, *sv) = (String::new(), Vec::new());
+    }
+    sk.clear();
+    sk.push_str(k);
+    sv.clear();
+    sv.extend_from_slice(v);
 }
 
 /// The plans of a configuration, shared by the tenants whose rule set, TX settings and
@@ -707,6 +748,43 @@ mod tests {
         t.follow(&plan);
         t.set_request_line("GET", "/?x=off", "HTTP/1.1");
         assert!(t.process_request_headers().is_none());
+    }
+
+    #[test]
+    fn each_request_starts_from_the_plans_tx_whatever_the_last_one_wrote() {
+        // Rule 2 raises a plan variable, 3 captures into TX:0, 4 deletes a plan variable (the
+        // entries after it move), 5 adds a variable the plan does not have.
+        let set = Arc::new(
+            RuleSet::parse(
+                "SecAction \"id:1,phase:1,pass,nolog,setvar:tx.score=0,setvar:tx.a=x,setvar:tx.b=y\"\n\
+                 SecRule ARGS:up \"@streq 1\" \"id:2,phase:1,pass,nolog,setvar:tx.score=+5\"\n\
+                 SecRule ARGS:cap \"@rx ^(.*)$\" \"id:3,phase:1,pass,nolog,capture\"\n\
+                 SecRule ARGS:del \"@streq 1\" \"id:4,phase:1,pass,nolog,setvar:!tx.a\"\n\
+                 SecRule ARGS:new \"@streq 1\" \"id:5,phase:1,pass,nolog,setvar:tx.extra=1\"\n",
+            )
+            .expect("rules load"),
+        );
+        let plan = Arc::new(Plan::build(&set, &[("level", "1")], &Exclusions::default()));
+        let other = Arc::new(Plan::build(&set, &[("level", "2")], &Exclusions::default()));
+        let tx = |p: &Plan| p.tx.clone();
+        for (uri, p) in [
+            ("/?up=1&cap=abc", &plan),
+            ("/", &plan),
+            ("/?up=1&new=1", &plan),
+            ("/?del=1&up=1", &plan),
+            ("/?del=1&new=1", &plan),
+            ("/?cap=z", &plan),
+            ("/?up=1", &other),
+            ("/", &plan),
+            ("/", &plan),
+        ] {
+            let mut t = Transaction::new(set.clone(), Mode::On, "r");
+            t.follow(p);
+            assert_eq!(t.colls[ix().tx], tx(p), "before {uri}");
+            assert_eq!(t.tx("score"), Some(&b"0"[..]));
+            t.set_request_line("GET", uri, "HTTP/1.1");
+            assert!(t.process_request_headers().is_none());
+        }
     }
 
     #[test]
