@@ -70,10 +70,14 @@ impl ValueMemo {
             .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (slot % 64)) != 0)
     }
 
-    /// Clears in `and` the slots this value is not known to miss.
-    pub fn and_miss(&self, and: &mut [u64]) {
+    /// Clears in `and` the slots this value is not known to miss, `and[0]` standing for its
+    /// miss word `from`.
+    pub fn and_miss(&self, from: usize, and: &mut [u64]) {
         for (n, a) in and.iter_mut().enumerate() {
-            *a &= self.miss.get(n).map_or(0, |w| w.load(Ordering::Relaxed));
+            *a &= self
+                .miss
+                .get(from + n)
+                .map_or(0, |w| w.load(Ordering::Relaxed));
         }
     }
 

@@ -116,7 +116,8 @@ pub struct Transaction {
     /// values one by one.
     all_miss: Vec<OnceLock<Box<[u64]>>>,
     /// The same per target set (`RuleSet::hot_sets`), `words` u64s each from
-    /// `set_miss[set * words]`, made when a rule first needs it in a phase (`set_ready`).
+    /// `set_miss[set * words]`, each made when a rule first needs it in a phase (`set_ready`,
+    /// one per word).
     set_miss: Vec<u64>,
     set_ready: Vec<bool>,
     /// TX positions by key hash (CRS rules read TX by key hundreds of times a request).
@@ -1617,7 +1618,7 @@ impl Transaction {
                         break;
                     };
                     let m = self.memo_of(cell, if keys { k.as_bytes() } else { v });
-                    m.and_miss(&mut and);
+                    m.and_miss(0, &mut and);
                 }
             }
             and.into_boxed_slice()
@@ -1626,69 +1627,69 @@ impl Transaction {
     }
 
     /// `known_miss_coll` for every target of target set `set` at once: the AND of their
-    /// words (for a key-selected target, of the values under that key alone), made the first
-    /// time a rule of the phase asks.
+    /// words (for a key-selected target, of the values under that key alone). Made word by
+    /// word, the first time a rule of the phase asks for a slot in that word: a set's rules
+    /// ask for a few of the ~13 words, and the AND stops at the first target that clears it.
     fn known_miss_set(&mut self, set: usize, slot: u32) -> bool {
         let words = (self.rules.memo_slots as usize).div_ceil(64);
-        let at = set * words;
-        if !self.set_ready[set] {
-            let mut and = std::mem::take(&mut self.set_miss);
-            and[at..at + words].fill(u64::MAX);
-            for t in self.rules.hot_sets[set].iter() {
+        let w = slot as usize / 64;
+        let at = set * words + w;
+        if !self.set_ready[at] {
+            let rules = Arc::clone(&self.rules);
+            let mut and = u64::MAX;
+            for t in rules.hot_sets[set].iter() {
                 let c = t.coll as usize;
-                match &t.key {
-                    Some(key) => self.key_miss(c, key, &mut and[at..at + words]),
+                and &= match &t.key {
+                    Some(key) => {
+                        let mut x = [u64::MAX];
+                        self.key_miss(c, key, w, &mut x);
+                        x[0]
+                    }
                     None if t.except > 0 => {
                         // Made once a phase per (collection, keys left out), after the sets.
-                        let e = self.rules.hot_sets.len() + t.except as usize - 1;
-                        let ex = e * words;
-                        if !self.set_ready[e] {
-                            and[ex..ex + words].fill(u64::MAX);
-                            let except = &self.rules.hot_excepts[t.except as usize - 1].1;
+                        let ex = (rules.hot_sets.len() + t.except as usize - 1) * words + w;
+                        if !self.set_ready[ex] {
+                            let except = &rules.hot_excepts[t.except as usize - 1].1;
                             // Only when a value is left out: else the collection's words
                             // (made once a phase) are the same.
-                            match self.coll_miss(c) {
-                                Some(w) if !self.excepts_any(c, except) => and[ex..ex + words]
-                                    .iter_mut()
-                                    .zip(w.iter())
-                                    .for_each(|(a, w)| *a &= w),
-                                _ => self.except_miss(c, except, &mut and[ex..ex + words]),
-                            }
-                            self.set_ready[e] = true;
+                            self.set_miss[ex] = match self.coll_miss(c) {
+                                Some(ws) if !self.excepts_any(c, except) => ws[w],
+                                _ => {
+                                    let mut x = [u64::MAX];
+                                    self.except_miss(c, except, w, &mut x);
+                                    x[0]
+                                }
+                            };
+                            self.set_ready[ex] = true;
                         }
-                        for n in 0..words {
-                            let w = and[ex + n];
-                            and[at + n] &= w;
-                        }
+                        self.set_miss[ex]
                     }
-                    None => match self.coll_miss(c) {
-                        Some(w) => and[at..at + words]
-                            .iter_mut()
-                            .zip(w.iter())
-                            .for_each(|(a, w)| *a &= w),
-                        None => and[at..at + words].fill(0),
-                    },
+                    None => self.coll_miss(c).map_or(0, |ws| ws[w]),
+                };
+                if and == 0 {
+                    break;
                 }
             }
-            self.set_miss = and;
-            self.set_ready[set] = true;
+            self.set_miss[at] = and;
+            self.set_ready[at] = true;
         }
-        self.set_miss[at + slot as usize / 64] & (1 << (slot % 64)) != 0
+        self.set_miss[at] & (1 << (slot % 64)) != 0
     }
 
-    /// Clears in `and` the memo slots not known to miss every value collection `c` holds
-    /// under `key` (all of them when a value has no memo cell).
-    fn key_miss(&self, c: usize, key: &str, and: &mut [u64]) {
+    /// Clears in `and` (miss words from `from` on) the memo slots not known to miss every
+    /// value collection `c` holds under `key` (all of them when a value has no memo cell).
+    fn key_miss(&self, c: usize, key: &str, from: usize, and: &mut [u64]) {
         self.miss_where(
             c,
             |k| k.len() == key.len() && k.eq_ignore_ascii_case(key),
+            from,
             and,
         );
     }
 
     /// `key_miss` for the values of collection `c` whose keys none of `except` matches.
-    fn except_miss(&self, c: usize, except: &[KeyPat], and: &mut [u64]) {
-        self.miss_where(c, |k| !except.iter().any(|p| p.matches(k)), and);
+    fn except_miss(&self, c: usize, except: &[KeyPat], from: usize, and: &mut [u64]) {
+        self.miss_where(c, |k| !except.iter().any(|p| p.matches(k)), from, and);
     }
 
     /// Whether one of `except` matches a key of collection `c`.
@@ -1703,9 +1704,10 @@ impl Transaction {
         })
     }
 
-    /// Clears in `and` the memo slots not known to miss every value of collection `c` whose
-    /// key `keep` keeps (all of them when such a value has no memo cell).
-    fn miss_where(&self, c: usize, keep: impl Fn(&str) -> bool, and: &mut [u64]) {
+    /// Clears in `and` (miss words from `from` on) the memo slots not known to miss every
+    /// value of collection `c` whose key `keep` keeps (all of them when such a value has no
+    /// memo cell).
+    fn miss_where(&self, c: usize, keep: impl Fn(&str) -> bool, from: usize, and: &mut [u64]) {
         let i = ix();
         let Some((sources, keys)) = i.stored(c).filter(|_| i.stable[c]) else {
             and.fill(0);
@@ -1723,7 +1725,7 @@ impl Transaction {
                     return;
                 };
                 self.memo_of(cell, if keys { k.as_bytes() } else { v })
-                    .and_miss(and);
+                    .and_miss(from, and);
             }
         }
     }
@@ -2026,7 +2028,7 @@ impl Transaction {
         self.set_ready.clear();
         // The sets' words, then those of the targets' excluded keys (`hot_excepts`).
         let sets = self.rules.hot_sets.len() + self.rules.hot_excepts.len();
-        self.set_ready.resize(sets, false);
+        self.set_ready.resize(sets * words, false);
         self.set_miss.resize(sets * words, 0);
         let mut touched = std::mem::take(&mut self.touched);
         while touched != 0 {
