@@ -1763,13 +1763,19 @@ impl Transaction {
                     break;
                 }
             }
+            // A first link that cannot match any value of its targets: the rule is passed over
+            // on the packed table alone, without touching the rule (most rules of a phase are
+            // passed over; each rule read is a cache miss).
+            let hot = rules.hot[phase as usize][at];
+            if hot.set > 0 && self.known_miss_set(hot.set as usize - 1, hot.slot) {
+                self.matched.clear();
+                at += 1;
+                continue;
+            }
             let Entry::Rule(rule) = &list[at] else {
                 at += 1;
                 continue;
             };
-            // A first link that cannot match any value of its targets: the rule is passed over
-            // on the packed table alone.
-            let hot = rules.hot[phase as usize][at];
             if hot.gate > 0
                 && self.removed_targets.is_empty()
                 && self.removed_targets_tag.is_empty()
@@ -1795,11 +1801,6 @@ impl Transaction {
                 m.name.push_str(&g.key);
                 m.value.extend_from_slice(v);
                 at = next_rule(&rules, phase, at, rule);
-                continue;
-            }
-            if hot.set > 0 && self.known_miss_set(hot.set as usize - 1, hot.slot) {
-                self.matched.clear();
-                at += 1;
                 continue;
             }
             if self.removed(rule) {
