@@ -70,15 +70,16 @@ impl ValueMemo {
             .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (slot % 64)) != 0)
     }
 
-    /// Clears in `and` the slots this value is not known to miss, `and[0]` standing for its
-    /// miss word `from`.
-    pub fn and_miss(&self, from: usize, and: &mut [u64]) {
+    /// Clears in `and` the slots this value is not known to miss.
+    pub fn and_miss(&self, and: &mut [u64]) {
         for (n, a) in and.iter_mut().enumerate() {
-            *a &= self
-                .miss
-                .get(from + n)
-                .map_or(0, |w| w.load(Ordering::Relaxed));
+            *a &= self.miss_word(n);
         }
+    }
+
+    /// The slots of miss word `w` this value is known to miss (none past the end).
+    pub fn miss_word(&self, w: usize) -> u64 {
+        self.miss.get(w).map_or(0, |m| m.load(Ordering::Relaxed))
     }
 
     /// Load and store, not an atomic or: a bit lost to a racing writer only means that link

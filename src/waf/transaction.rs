@@ -1618,7 +1618,7 @@ impl Transaction {
                         break;
                     };
                     let m = self.memo_of(cell, if keys { k.as_bytes() } else { v });
-                    m.and_miss(0, &mut and);
+                    m.and_miss(&mut and);
                 }
             }
             and.into_boxed_slice()
@@ -1640,11 +1640,7 @@ impl Transaction {
             for t in rules.hot_sets[set].iter() {
                 let c = t.coll as usize;
                 and &= match &t.key {
-                    Some(key) => {
-                        let mut x = [u64::MAX];
-                        self.key_miss(c, key, w, &mut x);
-                        x[0]
-                    }
+                    Some(key) => self.key_miss(c, key, w),
                     None if t.except > 0 => {
                         // Made once a phase per (collection, keys left out), after the sets.
                         let ex = (rules.hot_sets.len() + t.except as usize - 1) * words + w;
@@ -1654,11 +1650,7 @@ impl Transaction {
                             // (made once a phase) are the same.
                             self.set_miss[ex] = match self.coll_miss(c) {
                                 Some(ws) if !self.excepts_any(c, except) => ws[w],
-                                _ => {
-                                    let mut x = [u64::MAX];
-                                    self.except_miss(c, except, w, &mut x);
-                                    x[0]
-                                }
+                                _ => self.except_miss(c, except, w),
                             };
                             self.set_ready[ex] = true;
                         }
@@ -1676,20 +1668,19 @@ impl Transaction {
         self.set_miss[at] & (1 << (slot % 64)) != 0
     }
 
-    /// Clears in `and` (miss words from `from` on) the memo slots not known to miss every
-    /// value collection `c` holds under `key` (all of them when a value has no memo cell).
-    fn key_miss(&self, c: usize, key: &str, from: usize, and: &mut [u64]) {
+    /// The memo slots of miss word `w` known to miss every value collection `c` holds under
+    /// `key` (none when a value has no memo cell).
+    fn key_miss(&self, c: usize, key: &str, w: usize) -> u64 {
         self.miss_where(
             c,
             |k| k.len() == key.len() && k.eq_ignore_ascii_case(key),
-            from,
-            and,
-        );
+            w,
+        )
     }
 
     /// `key_miss` for the values of collection `c` whose keys none of `except` matches.
-    fn except_miss(&self, c: usize, except: &[KeyPat], from: usize, and: &mut [u64]) {
-        self.miss_where(c, |k| !except.iter().any(|p| p.matches(k)), from, and);
+    fn except_miss(&self, c: usize, except: &[KeyPat], w: usize) -> u64 {
+        self.miss_where(c, |k| !except.iter().any(|p| p.matches(k)), w)
     }
 
     /// Whether one of `except` matches a key of collection `c`.
@@ -1704,15 +1695,14 @@ impl Transaction {
         })
     }
 
-    /// Clears in `and` (miss words from `from` on) the memo slots not known to miss every
-    /// value of collection `c` whose key `keep` keeps (all of them when such a value has no
-    /// memo cell).
-    fn miss_where(&self, c: usize, keep: impl Fn(&str) -> bool, from: usize, and: &mut [u64]) {
+    /// The memo slots of miss word `w` known to miss every value of collection `c` whose key
+    /// `keep` keeps (none when such a value has no memo cell).
+    fn miss_where(&self, c: usize, keep: impl Fn(&str) -> bool, w: usize) -> u64 {
         let i = ix();
         let Some((sources, keys)) = i.stored(c).filter(|_| i.stable[c]) else {
-            and.fill(0);
-            return;
+            return 0;
         };
+        let mut and = u64::MAX;
         for &coll in sources {
             let memos = if keys { &self.kmemo } else { &self.vmemo };
             let memos = memos.get(coll).map(Vec::as_slice).unwrap_or_default();
@@ -1721,13 +1711,14 @@ impl Transaction {
                     continue;
                 }
                 let Some(cell) = memos.get(n) else {
-                    and.fill(0);
-                    return;
+                    return 0;
                 };
-                self.memo_of(cell, if keys { k.as_bytes() } else { v })
-                    .and_miss(from, and);
+                and &= self
+                    .memo_of(cell, if keys { k.as_bytes() } else { v })
+                    .miss_word(w);
             }
         }
+        and
     }
 
     fn removed(&self, r: &Rule) -> bool {
