@@ -816,8 +816,7 @@ impl Transaction {
     fn tx_set_hashed(&mut self, hash: u64, key: &str, value: &[u8]) {
         match self.tx_pos_hashed(hash, key) {
             Some(at) => {
-                self.tx_wrote(at);
-                let v = &mut self.colls[ix().tx][at].1;
+                let v = self.tx_value_mut(at);
                 v.clear();
                 v.extend_from_slice(value);
             }
@@ -832,19 +831,19 @@ impl Transaction {
     fn tx_put(&mut self, key: String, value: Vec<u8>) {
         let hash = tx_key_hash(&key);
         match self.tx_pos_hashed(hash, &key) {
-            Some(at) => {
-                self.tx_wrote(at);
-                self.colls[ix().tx][at].1 = value;
-            }
+            Some(at) => *self.tx_value_mut(at) = value,
             None => self.tx_push(hash, key, value),
         }
     }
 
-    /// Notes that TX position `at` was written (see `tx_dirty`).
-    fn tx_wrote(&mut self, at: usize) {
+    /// The value of the TX variable at position `at`, to write: every write of an existing
+    /// variable goes through here, which notes it for the next request's `follow` (see
+    /// `tx_dirty`).
+    fn tx_value_mut(&mut self, at: usize) -> &mut Vec<u8> {
         if let Some(w) = self.tx_dirty.get_mut(at / 64) {
             *w |= 1 << (at % 64);
         }
+        &mut self.colls[ix().tx][at].1
     }
 
     /// Adds TX variable `key`, known to be absent, whose `tx_key_hash` is `hash`.
@@ -1842,10 +1841,7 @@ impl Transaction {
                     }
                     for (i, c) in hit.caps.drain(..).take(10).enumerate() {
                         match self.tx_pos(CAPTURE_KEYS[i]) {
-                            Some(at) => {
-                                self.tx_wrote(at);
-                                self.colls[ix().tx][at].1 = c;
-                            }
+                            Some(at) => *self.tx_value_mut(at) = c,
                             None => self.tx_put(CAPTURE_KEYS[i].to_string(), c),
                         }
                     }
