@@ -34,6 +34,8 @@ pub struct ValueMemo {
     outs: Box<[ChainOut]>,
     /// One bit per memo slot (`Rule::memo_slot`): set when that link does not match.
     miss: Box<[AtomicU64]>,
+    /// One bit per pre-filter (`prefilter::Prefilters::filters`) this value went through.
+    filtered: AtomicU64,
 }
 
 impl ValueMemo {
@@ -43,6 +45,7 @@ impl ValueMemo {
             raw: if shared { raw.into() } else { Box::default() },
             outs: (0..keys).map(|_| OnceLock::new()).collect(),
             miss: (0..slots.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            filtered: AtomicU64::new(0),
         }
     }
 
@@ -91,6 +94,18 @@ impl ValueMemo {
                 Ordering::Relaxed,
             );
         }
+    }
+
+    /// The pre-filters this value went through (their misses are in its slots).
+    pub fn filtered(&self) -> u64 {
+        self.filtered.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the value went through the pre-filters of `mask` (after their misses are
+    /// set; a racing writer can only lose bits, and the filters then run again).
+    pub fn set_filtered(&self, mask: u64) {
+        self.filtered
+            .store(self.filtered() | mask, Ordering::Relaxed);
     }
 
     fn size(&self) -> usize {

@@ -2,7 +2,7 @@
 //! linear-time regexes, per tenant.
 //!
 //! Owns the rule language (`seclang`: loading and checking rule files), operators
-//! (`operators`), transformations (`transforms`), request body parsing (`body`), the compiled
+//! (`operators`) and the literal pre-filters across them (`prefilter`), transformations (`transforms`), request body parsing (`body`), the compiled
 //! rule set (`rules`) and its evaluation for one request (`transaction`); here, the per-tenant
 //! settings built from the configuration, starting a transaction from a request, and turning
 //! its matches into security events and metrics. It must not send responses, touch routing,
@@ -11,6 +11,7 @@
 pub mod body;
 mod memo;
 pub mod operators;
+mod prefilter;
 pub mod response;
 pub mod rules;
 pub mod seclang;

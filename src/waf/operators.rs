@@ -357,11 +357,12 @@ impl Operator {
         matches!(self.kind, Kind::Rx(Re::Backtracking(_)))
     }
 
-    /// For an `@rx` on the linear engine: byte strings one of which every match starts with
-    /// (`None` when no such short set exists). Necessary, not sufficient: an engine can skip
-    /// the regex for a value containing none of them, e.g. with one Aho-Corasick pass over a
-    /// value for all the rules that inspect it. Case-insensitive patterns give their case
-    /// variants, up to a bound.
+    /// For an `@rx` on the linear engine: byte strings, lowercase, one of which every match
+    /// contains, compared without regard to ASCII case (`None` when no such short set
+    /// exists). Necessary, not sufficient: an engine can skip the regex for a value containing
+    /// none of them, e.g. with one case-insensitive Aho-Corasick pass over a value for all the
+    /// rules that inspect it. The literals every match starts with or ends with, whichever
+    /// set is the more selective.
     pub fn required_literals(&self) -> Option<Vec<Vec<u8>>> {
         use regex_syntax::hir::literal::{ExtractKind, Extractor};
         let Kind::Rx(Re::Linear(re, _)) = &self.kind else {
@@ -375,19 +376,37 @@ impl Operator {
             .build()
             .parse(re.as_str())
             .ok()?;
-        let mut extractor = Extractor::new();
-        extractor
-            .kind(ExtractKind::Prefix)
-            .limit_class(8)
-            .limit_repeat(4)
-            .limit_literal_len(32)
-            .limit_total(256);
-        let seq = extractor.extract(&hir);
-        let literals = seq.literals()?;
-        if literals.is_empty() || literals.iter().any(|l| l.as_bytes().is_empty()) {
-            return None;
+        // `(?i)` turns each letter into a two-byte class, and the extractor gives up on the
+        // variants of a long alternation; lowercase letters stand for both cases here.
+        let hir = fold_case(&hir);
+        let extract = |kind| {
+            let mut extractor = Extractor::new();
+            extractor
+                .kind(kind)
+                .limit_class(8)
+                .limit_repeat(4)
+                .limit_literal_len(32)
+                .limit_total(256);
+            let seq = extractor.extract(&hir);
+            let literals = seq.literals()?;
+            if literals.is_empty() || literals.iter().any(|l| l.as_bytes().is_empty()) {
+                return None;
+            }
+            let mut out: Vec<Vec<u8>> = literals
+                .iter()
+                .map(|l| l.as_bytes().to_ascii_lowercase())
+                .collect();
+            out.sort_unstable();
+            out.dedup();
+            Some(out)
+        };
+        // The shortest literal decides how often a value contains one by chance.
+        let shortest = |l: &Vec<Vec<u8>>| l.iter().map(Vec::len).min().unwrap_or(0);
+        let worth = |l: &Vec<Vec<u8>>| (shortest(l), std::cmp::Reverse(l.len()));
+        match (extract(ExtractKind::Prefix), extract(ExtractKind::Suffix)) {
+            (Some(p), Some(s)) => Some(if worth(&s) > worth(&p) { s } else { p }),
+            (p, s) => p.or(s),
         }
-        Some(literals.iter().map(|l| l.as_bytes().to_vec()).collect())
     }
 
     /// For `@pm`/`@pmFromFile`: the phrases (lowercase ASCII compares equal to any case).
@@ -570,6 +589,41 @@ fn push_groups<'a>(
     let last = (0..len).rev().find(|&g| group(g).is_some()).unwrap_or(0);
     for g in 0..=last.min(9) {
         captures.push(group(g).map(<[u8]>::to_vec).unwrap_or_default());
+    }
+}
+
+/// `hir` with each class of exactly one ASCII letter's two cases, and each uppercase ASCII
+/// literal byte, made the lowercase letter: what matches `hir` matches the result when case is
+/// ignored. For literal extraction only (the result is never run).
+fn fold_case(hir: &regex_syntax::hir::Hir) -> regex_syntax::hir::Hir {
+    use regex_syntax::hir::{Capture, Class, Hir, HirKind, Repetition};
+    match hir.kind() {
+        HirKind::Literal(l) => Hir::literal(l.0.to_ascii_lowercase()),
+        HirKind::Class(Class::Bytes(c)) => match c.ranges() {
+            [u, l]
+                if u.start() == u.end()
+                    && l.start() == l.end()
+                    && u.start().is_ascii_uppercase()
+                    && l.start() == u.start().to_ascii_lowercase() =>
+            {
+                Hir::literal([l.start()])
+            }
+            _ => hir.clone(),
+        },
+        HirKind::Repetition(r) => Hir::repetition(Repetition {
+            min: r.min,
+            max: r.max,
+            greedy: r.greedy,
+            sub: Box::new(fold_case(&r.sub)),
+        }),
+        HirKind::Capture(c) => Hir::capture(Capture {
+            index: c.index,
+            name: c.name.clone(),
+            sub: Box::new(fold_case(&c.sub)),
+        }),
+        HirKind::Concat(v) => Hir::concat(v.iter().map(fold_case).collect()),
+        HirKind::Alternation(v) => Hir::alternation(v.iter().map(fold_case).collect()),
+        _ => hir.clone(),
     }
 }
 
@@ -1113,11 +1167,18 @@ mod tests {
     #[test]
     fn required_literals_are_necessary() {
         let lits = op("rx", "(?:union|select)x").required_literals();
-        assert_eq!(lits, Some(vec![b"unionx".to_vec(), b"selectx".to_vec()]));
+        assert_eq!(lits, Some(vec![b"selectx".to_vec(), b"unionx".to_vec()]));
+        // Case-insensitive letters fold to lowercase instead of multiplying variants.
+        let lits =
+            op("rx", "(?i)(?:union|select|insert|update|delete|drop)\\(").required_literals();
+        assert_eq!(lits.map(|l| l.len()), Some(6));
+        // The ends are used when the start is open.
+        let lits = op("rx", "[a-z]+\\.php").required_literals();
+        assert_eq!(lits, Some(vec![b".php".to_vec()]));
         assert_eq!(op("rx", "\\d+").required_literals(), None);
         assert_eq!(
-            op("rx", "a?b").required_literals().map(|l| l.len()),
-            Some(2)
+            op("rx", "a?b").required_literals(),
+            Some(vec![b"b".to_vec()])
         );
         assert_eq!(op("rx", "a(?!b)").required_literals(), None);
     }
@@ -1630,7 +1691,8 @@ mod crs {
                 if hit {
                     // A match contains one of the required literals.
                     if let Some(lits) = &literals {
-                        if !lits.iter().any(|l| find(input, l, 0).is_some()) {
+                        let lower = input.to_ascii_lowercase();
+                        if !lits.iter().any(|l| find(&lower, l, 0).is_some()) {
                             failed.push(format!("{file}: literals of {pattern:?} missed"));
                         }
                     }

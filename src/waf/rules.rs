@@ -419,6 +419,8 @@ pub struct RuleSet {
     pub hot_excepts: Vec<(u16, Box<[KeyPat]>)>,
     /// The rules `Hot::gate` points to.
     pub gates: Vec<Gate>,
+    /// Literal scans that prove value-only regexes cannot match a value (`prefilter`).
+    pub prefilters: super::prefilter::Prefilters,
 }
 
 /// A rule that only compares one TX variable with a constant and, when it matches, goes on
@@ -552,6 +554,7 @@ impl RuleSet {
                 hot_sets: Vec::new(),
                 hot_excepts: Vec::new(),
                 gates: Vec::new(),
+                prefilters: Default::default(),
             },
             chain_index: HashMap::new(),
             open_chain: None,
@@ -599,6 +602,12 @@ impl RuleSet {
         });
         b.set.memo_slots = widths.iter().sum();
         b.set.memo_widths = widths;
+        b.set.prefilters = super::prefilter::Prefilters::build(
+            &b.set.phases,
+            chains,
+            b.set.memo_slots,
+            super::seclang::VARIABLES.len(),
+        );
         for (p, list) in b.set.phases.iter().enumerate() {
             for (i, e) in list.iter().enumerate() {
                 if let Entry::Marker(m) = e {

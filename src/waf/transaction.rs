@@ -1583,6 +1583,27 @@ impl Transaction {
         })
     }
 
+    /// Runs the pre-filters of the links reading collection `c` on `value` that its memo has
+    /// not been through: a value seen before costs one load here.
+    fn prefilter(&self, c: usize, memo: &ValueMemo, value: &[u8]) {
+        let pf = &self.rules.prefilters;
+        let want = pf.of_coll(c);
+        let todo = want & !memo.filtered();
+        if todo == 0 {
+            return;
+        }
+        pf.run(
+            todo,
+            value,
+            |key| {
+                let chain = self.rules.chains.get(key)?;
+                memo.out(key, || apply_chain(chain, value))
+            },
+            |s| memo.set_miss(s),
+        );
+        memo.set_filtered(want);
+    }
+
     /// Whether memo slot `slot` is known not to match any value `var` can resolve to (see
     /// `all_miss`). False for targets whose values rules write or the engine computes.
     fn known_miss_all(&self, var: &Var, slot: u32) -> bool {
@@ -1616,7 +1637,9 @@ impl Transaction {
                         and.fill(0);
                         break;
                     };
-                    let m = self.memo_of(cell, if keys { k.as_bytes() } else { v });
+                    let value = if keys { k.as_bytes() } else { v };
+                    let m = self.memo_of(cell, value);
+                    self.prefilter(c, m, value);
                     m.and_miss(&mut and);
                 }
             }
@@ -1712,9 +1735,10 @@ impl Transaction {
                 let Some(cell) = memos.get(n) else {
                     return 0;
                 };
-                and &= self
-                    .memo_of(cell, if keys { k.as_bytes() } else { v })
-                    .miss_word(w);
+                let value = if keys { k.as_bytes() } else { v };
+                let m = self.memo_of(cell, value);
+                self.prefilter(c, m, value);
+                and &= m.miss_word(w);
             }
         }
         and

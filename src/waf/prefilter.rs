@@ -1,0 +1,259 @@
+//! Literal pre-filters across rules: for each transformation chain, one case-insensitive
+//! Aho-Corasick automaton over the literals that every match of each value-only `@rx` under
+//! that chain must contain (`Operator::required_literals`). One scan of a value's transformed
+//! form tells which of those regexes cannot match it, so a value seen for the first time is
+//! known to miss most of the ~60 CRS regexes that read it without running them, and the rules
+//! are passed over as for a value seen before. It owns building the automata from a rule set
+//! and the scan; the transaction decides which values are scanned, and the value memo keeps
+//! the results. It must not run operators or know about actions: it only proves misses.
+
+use super::rules::{Entry, Rule};
+use aho_corasick::{AhoCorasick, MatchKind};
+
+/// At most this many chains get a filter: a value memo marks the ones it went through in a
+/// 64-bit word.
+pub const MAX_FILTERS: usize = 64;
+
+/// The filter of one transformation chain.
+#[derive(Debug)]
+pub struct Prefilter {
+    /// The chain key (`Rule::memo_key`) whose transformed value is scanned.
+    pub key: usize,
+    scan: Scan,
+    /// The memo slots this filter decides.
+    slots: Box<[u32]>,
+}
+
+/// An automaton over literals, and per literal (automaton pattern) the memo slots of the links
+/// needing it.
+#[derive(Debug)]
+struct Scan {
+    ac: AhoCorasick,
+    needed_by: Vec<Box<[u32]>>,
+}
+
+impl Scan {
+    fn new(links: &[&Link]) -> Option<Scan> {
+        let mut literals: Vec<&[u8]> = links
+            .iter()
+            .flat_map(|(_, l, _)| l.iter().map(Vec::as_slice))
+            .collect();
+        literals.sort_unstable();
+        literals.dedup();
+        let ac = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .build(&literals)
+            .ok()?;
+        let mut needed_by: Vec<Vec<u32>> = vec![Vec::new(); literals.len()];
+        for (slot, lits, _) in links {
+            for l in lits {
+                if let Ok(n) = literals.binary_search(&l.as_slice()) {
+                    needed_by[n].push(*slot);
+                }
+            }
+        }
+        Some(Scan {
+            ac,
+            needed_by: needed_by.into_iter().map(Vec::into_boxed_slice).collect(),
+        })
+    }
+
+    /// Sets in `found` (one bit per memo slot) the slots whose links need a literal `value`
+    /// holds.
+    fn run(&self, value: &[u8], found: &mut [u64]) {
+        for m in self.ac.find_overlapping_iter(value) {
+            for &s in &self.needed_by[m.pattern().as_usize()] {
+                if let Some(w) = found.get_mut(s as usize / 64) {
+                    *w |= 1 << (s % 64);
+                }
+            }
+        }
+    }
+}
+
+/// (memo slot, literals, collections read) of a link a filter decides.
+type Link = (u32, Vec<Vec<u8>>, Vec<usize>);
+
+/// The filters of a rule set, and per collection (`seclang::VARIABLES` index) the filters
+/// that decide links reading it (bit `n` for `filters[n]`).
+#[derive(Debug, Default)]
+pub struct Prefilters {
+    pub filters: Vec<Prefilter>,
+    pub by_coll: Vec<u64>,
+    /// Over every filter's literals: one pass serves all the chains that leave a value as
+    /// it is (most new values are numbers, tokens and plain words).
+    all: Option<Scan>,
+    /// Memo slots in all (`RuleSet::memo_slots`).
+    slots: u32,
+}
+
+impl Prefilters {
+    /// Built once the links have their memo slots. A link qualifies when its result depends
+    /// on the value alone (it has a slot), it is not negated (a regex that cannot match makes
+    /// a negated link match), it is not `multiMatch` (the operator also sees intermediate
+    /// forms) and its regex has required literals.
+    pub fn build(
+        phases: &[Vec<Entry>],
+        chains: usize,
+        slots: u32,
+        collections: usize,
+    ) -> Prefilters {
+        let mut by_key: Vec<Vec<Link>> = (0..chains).map(|_| Vec::new()).collect();
+        for list in phases {
+            for e in list {
+                let Entry::Rule(r) = e else { continue };
+                for l in r.links() {
+                    if let Some(q) = qualifies(l) {
+                        by_key[l.memo_key(chains)].push(q);
+                    }
+                }
+            }
+        }
+        // The chains with the most links first, when there are more than a word can mark.
+        let mut keys: Vec<usize> = (0..chains).filter(|&k| !by_key[k].is_empty()).collect();
+        keys.sort_by_key(|&k| std::cmp::Reverse(by_key[k].len()));
+        keys.truncate(MAX_FILTERS);
+        keys.sort_unstable();
+        let mut out = Prefilters {
+            filters: Vec::new(),
+            by_coll: vec![0; collections],
+            all: None,
+            slots,
+        };
+        for key in keys {
+            let links: Vec<&Link> = by_key[key].iter().collect();
+            let Some(scan) = Scan::new(&links) else {
+                continue;
+            };
+            let bit = 1u64 << out.filters.len();
+            for (_, _, colls) in &links {
+                for &c in colls {
+                    out.by_coll[c] |= bit;
+                }
+            }
+            out.filters.push(Prefilter {
+                key,
+                scan,
+                slots: links.iter().map(|(s, _, _)| *s).collect(),
+            });
+        }
+        let kept: Vec<&Link> = out
+            .filters
+            .iter()
+            .flat_map(|f| by_key[f.key].iter())
+            .collect();
+        out.all = Scan::new(&kept);
+        out
+    }
+
+    /// The filters deciding links that read collection `c`.
+    pub fn of_coll(&self, c: usize) -> u64 {
+        self.by_coll.get(c).copied().unwrap_or(0)
+    }
+
+    /// Runs the filters of `mask` on `value`. `out(key)` gives a chain key's result for the
+    /// value (`Some(None)` when the chain leaves it as it is, `None` when it has none), and
+    /// `miss(slot)` is called for each link known not to match it.
+    pub fn run<'a>(
+        &self,
+        mask: u64,
+        value: &'a [u8],
+        mut out: impl FnMut(usize) -> Option<Option<&'a [u8]>>,
+        mut miss: impl FnMut(u32),
+    ) {
+        let mut found = vec![0u64; (self.slots as usize).div_ceil(64)];
+        let (mut todo, mut unchanged) = (mask, 0u64);
+        while todo != 0 {
+            let n = todo.trailing_zeros() as usize;
+            todo &= todo - 1;
+            let Some(f) = self.filters.get(n) else { break };
+            match out(f.key) {
+                Some(None) => unchanged |= 1 << n,
+                Some(Some(v)) => {
+                    f.scan.run(v, &mut found);
+                    f.decide(&found, &mut miss);
+                }
+                None => {}
+            }
+        }
+        if unchanged != 0 {
+            if let Some(all) = &self.all {
+                // The other filters' bits may be set from their own values: only slots of
+                // filters that see `value` itself are decided from this pass.
+                found.fill(0);
+                all.run(value, &mut found);
+                while unchanged != 0 {
+                    let n = unchanged.trailing_zeros() as usize;
+                    unchanged &= unchanged - 1;
+                    self.filters[n].decide(&found, &mut miss);
+                }
+            }
+        }
+    }
+}
+
+impl Prefilter {
+    /// Calls `miss` for this filter's slots not in `found`.
+    fn decide(&self, found: &[u64], miss: &mut impl FnMut(u32)) {
+        for &s in self.slots.iter() {
+            if found
+                .get(s as usize / 64)
+                .is_some_and(|w| w & 1 << (s % 64) == 0)
+            {
+                miss(s);
+            }
+        }
+    }
+}
+
+fn qualifies(l: &Rule) -> Option<(u32, Vec<Vec<u8>>, Vec<usize>)> {
+    let slot = l.memo_slot?;
+    if l.op.negated || l.multi_match || l.targets.is_empty() {
+        return None;
+    }
+    let literals = l.op.required_literals()?;
+    let colls = l
+        .targets
+        .iter()
+        .filter(|v| !v.count)
+        .map(|v| v.coll)
+        .collect();
+    Some((slot, literals, colls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rules::RuleSet;
+
+    fn load(text: &str) -> RuleSet {
+        RuleSet::parse(text).expect("rules parse")
+    }
+
+    fn misses(set: &RuleSet, value: &[u8]) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mask = (1u64 << set.prefilters.filters.len()) - 1;
+        set.prefilters
+            .run(mask, value, |_| Some(None), |s| out.push(s));
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn links_whose_literals_are_absent_are_known_to_miss() {
+        let set = load(
+            "SecRule ARGS \"@rx (?i)union\\s+select\" \"id:1,phase:2,deny,t:none\"\n\
+             SecRule ARGS \"@rx <script\" \"id:2,phase:2,deny,t:none\"\n\
+             SecRule ARGS \"!@rx ^\\d+$\" \"id:3,phase:2,deny,t:none\"\n\
+             SecRule ARGS \"@rx \\d+\" \"id:4,phase:2,deny,t:none\"\n",
+        );
+        // Rules 3 (negated) and 4 (no required literal) are never decided by a filter.
+        let all: usize = set.prefilters.filters.iter().map(|f| f.slots.len()).sum();
+        // (one chain, `t:none`: the value itself is scanned.)
+        assert_eq!(all, 2);
+        assert_eq!(misses(&set, b"48213").len(), 2);
+        // Case does not matter; only the link whose literal is present is left to run.
+        assert_eq!(misses(&set, b"1 UNION SELECT 2").len(), 1);
+        assert_eq!(misses(&set, b"<SCRIPT>union select").len(), 0);
+    }
+}
