@@ -1178,7 +1178,7 @@ mod tests {
         assert_eq!(op("rx", "\\d+").required_literals(), None);
         assert_eq!(
             op("rx", "a?b").required_literals(),
-            Some(vec![b"b".to_vec()])
+            Some(vec![b"ab".to_vec(), b"b".to_vec()])
         );
         assert_eq!(op("rx", "a(?!b)").required_literals(), None);
     }

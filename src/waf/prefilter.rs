@@ -1,6 +1,6 @@
 //! Literal pre-filters across rules: for each transformation chain, one case-insensitive
 //! Aho-Corasick automaton over the literals that every match of each value-only `@rx` under
-//! that chain must contain (`Operator::required_literals`). One scan of a value's transformed
+//! that chain must contain (`Operator::required_literals`), and the phrases of each `@pm`. One scan of a value's transformed
 //! form tells which of those regexes cannot match it, so a value seen for the first time is
 //! known to miss most of the ~60 CRS regexes that read it without running them, and the rules
 //! are passed over as for a value seen before. It owns building the automata from a rule set
@@ -92,7 +92,7 @@ impl Prefilters {
     /// Built once the links have their memo slots. A link qualifies when its result depends
     /// on the value alone (it has a slot), it is not negated (a regex that cannot match makes
     /// a negated link match), it is not `multiMatch` (the operator also sees intermediate
-    /// forms) and its regex has required literals.
+    /// forms) and its operator is a phrase list or a regex with required literals.
     pub fn build(
         phases: &[Vec<Entry>],
         chains: usize,
@@ -212,7 +212,11 @@ fn qualifies(l: &Rule) -> Option<(u32, Vec<Vec<u8>>, Vec<usize>)> {
     if l.op.negated || l.multi_match || l.targets.is_empty() {
         return None;
     }
-    let literals = l.op.required_literals()?;
+    // A phrase list matches exactly when the value holds one of its phrases.
+    let literals = match l.op.phrases() {
+        Some(phrases) => phrases.to_vec(),
+        None => l.op.required_literals()?,
+    };
     let colls = l
         .targets
         .iter()
@@ -245,15 +249,16 @@ mod tests {
             "SecRule ARGS \"@rx (?i)union\\s+select\" \"id:1,phase:2,deny,t:none\"\n\
              SecRule ARGS \"@rx <script\" \"id:2,phase:2,deny,t:none\"\n\
              SecRule ARGS \"!@rx ^\\d+$\" \"id:3,phase:2,deny,t:none\"\n\
-             SecRule ARGS \"@rx \\d+\" \"id:4,phase:2,deny,t:none\"\n",
+             SecRule ARGS \"@rx \\d+\" \"id:4,phase:2,deny,t:none\"\n\
+             SecRule ARGS \"@pm passwd shadow\" \"id:5,phase:2,deny,t:none\"\n",
         );
         // Rules 3 (negated) and 4 (no required literal) are never decided by a filter.
         let all: usize = set.prefilters.filters.iter().map(|f| f.slots.len()).sum();
         // (one chain, `t:none`: the value itself is scanned.)
-        assert_eq!(all, 2);
-        assert_eq!(misses(&set, b"48213").len(), 2);
-        // Case does not matter; only the link whose literal is present is left to run.
-        assert_eq!(misses(&set, b"1 UNION SELECT 2").len(), 1);
-        assert_eq!(misses(&set, b"<SCRIPT>union select").len(), 0);
+        assert_eq!(all, 3);
+        assert_eq!(misses(&set, b"48213").len(), 3);
+        // Case does not matter; only the links whose literals are present are left to run.
+        assert_eq!(misses(&set, b"1 UNION SELECT 2").len(), 2);
+        assert_eq!(misses(&set, b"<SCRIPT>union select /etc/Passwd").len(), 0);
     }
 }

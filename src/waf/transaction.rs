@@ -2393,6 +2393,33 @@ mod tests {
     }
 
     #[test]
+    fn a_new_value_without_a_rules_literals_passes_the_rule_over() {
+        // Each query value is new to the engine. Rule 1's regex needs "select" and rule 2's
+        // phrase list "passwd" or "shadow", after the chain's decoding: a value without them
+        // is known to miss both without running them; one with them still runs and matches.
+        let set = Arc::new(
+            RuleSet::parse(
+                "SecRule ARGS \"@rx (?i)union\\s+select\" \
+                 \"id:1,phase:2,deny,status:403,t:none,t:urlDecodeUni\"\n\
+                 SecRule ARGS \"@pm passwd shadow\" \"id:2,phase:2,deny,status:403,t:none\"\n",
+            )
+            .expect("rules load"),
+        );
+        let run = |uri: &str| {
+            let mut t = Transaction::new(set.clone(), Mode::On, "p");
+            let verdict = get(&mut t, uri).map(|i| i.rule_id);
+            (verdict, t.chains)
+        };
+        assert_eq!(run("/?id=48213"), (None, 0));
+        assert_eq!(run("/?q=hello+world&id=48214"), (None, 0));
+        assert_eq!(run("/?q=1%20UNION%20%53ELECT%202"), (Some(1), 1));
+        assert_eq!(run("/?f=/etc/PASSWD"), (Some(2), 1));
+        // A value holding a literal without a match runs the rule and is then known.
+        assert_eq!(run("/?q=please+select+a+plan"), (None, 1));
+        assert_eq!(run("/?q=please+select+a+plan"), (None, 0));
+    }
+
+    #[test]
     fn counts_by_key_whole_collection_tx_and_with_exclusions() {
         let mut t = tx(
             "SecRule &REQUEST_HEADERS:x-a \"@eq 2\" \"id:10,phase:1,pass,setvar:tx.a=1\"
