@@ -96,6 +96,13 @@ impl ValueMemo {
         }
     }
 
+    /// Sets the slots `bits` of miss word `w` (as `set_miss` does one).
+    pub fn set_miss_bits(&self, w: usize, bits: u64) {
+        if let Some(m) = self.miss.get(w) {
+            m.store(m.load(Ordering::Relaxed) | bits, Ordering::Relaxed);
+        }
+    }
+
     /// The pre-filters this value went through (their misses are in its slots).
     pub fn filtered(&self) -> u64 {
         self.filtered.load(Ordering::Relaxed)

@@ -20,8 +20,8 @@ pub struct Prefilter {
     /// The chain key (`Rule::memo_key`) whose transformed value is scanned.
     pub key: usize,
     scan: Scan,
-    /// The memo slots this filter decides.
-    slots: Box<[u32]>,
+    /// The memo slots this filter decides, as (word, bits) of the memo's miss words.
+    slots: Box<[(u32, u64)]>,
 }
 
 /// An automaton over literals, and per literal (automaton pattern) the memo slots of the links
@@ -132,10 +132,18 @@ impl Prefilters {
                     out.by_coll[c] |= bit;
                 }
             }
+            let mut slots: Vec<(u32, u64)> = Vec::new();
+            for (s, _, _) in &links {
+                let (w, b) = (s / 64, 1u64 << (s % 64));
+                match slots.iter_mut().find(|(x, _)| *x == w) {
+                    Some((_, bits)) => *bits |= b,
+                    None => slots.push((w, b)),
+                }
+            }
             out.filters.push(Prefilter {
                 key,
                 scan,
-                slots: links.iter().map(|(s, _, _)| *s).collect(),
+                slots: slots.into_boxed_slice(),
             });
         }
         let kept: Vec<&Link> = out
@@ -154,15 +162,16 @@ impl Prefilters {
 
     /// Runs the filters of `mask` on `value`. `out(key)` gives a chain key's result for the
     /// value (`Some(None)` when the chain leaves it as it is, `None` when it has none), and
-    /// `miss(slot)` is called for each link known not to match it.
+    /// `miss(word, bits)` is called with the memo slots (bits of miss word `word`) of links
+    /// known not to match it.
     pub fn run<'a>(
         &self,
         mask: u64,
         value: &'a [u8],
         mut out: impl FnMut(usize) -> Option<Option<&'a [u8]>>,
-        mut miss: impl FnMut(u32),
+        mut miss: impl FnMut(usize, u64),
     ) {
-        let mut found = vec![0u64; (self.slots as usize).div_ceil(64)];
+        let found = &mut vec![0u64; (self.slots as usize).div_ceil(64)][..];
         let (mut todo, mut unchanged) = (mask, 0u64);
         while todo != 0 {
             let n = todo.trailing_zeros() as usize;
@@ -171,8 +180,8 @@ impl Prefilters {
             match out(f.key) {
                 Some(None) => unchanged |= 1 << n,
                 Some(Some(v)) => {
-                    f.scan.run(v, &mut found);
-                    f.decide(&found, &mut miss);
+                    f.scan.run(v, found);
+                    f.decide(found, &mut miss);
                 }
                 None => {}
             }
@@ -182,11 +191,11 @@ impl Prefilters {
                 // The other filters' bits may be set from their own values: only slots of
                 // filters that see `value` itself are decided from this pass.
                 found.fill(0);
-                all.run(value, &mut found);
+                all.run(value, found);
                 while unchanged != 0 {
                     let n = unchanged.trailing_zeros() as usize;
                     unchanged &= unchanged - 1;
-                    self.filters[n].decide(&found, &mut miss);
+                    self.filters[n].decide(found, &mut miss);
                 }
             }
         }
@@ -194,14 +203,12 @@ impl Prefilters {
 }
 
 impl Prefilter {
-    /// Calls `miss` for this filter's slots not in `found`.
-    fn decide(&self, found: &[u64], miss: &mut impl FnMut(u32)) {
-        for &s in self.slots.iter() {
-            if found
-                .get(s as usize / 64)
-                .is_some_and(|w| w & 1 << (s % 64) == 0)
-            {
-                miss(s);
+    /// Calls `miss` with this filter's slots not in `found`, a word at a time.
+    fn decide(&self, found: &[u64], miss: &mut impl FnMut(usize, u64)) {
+        for &(w, bits) in self.slots.iter() {
+            let m = bits & !found.get(w as usize).copied().unwrap_or(u64::MAX);
+            if m != 0 {
+                miss(w as usize, m);
             }
         }
     }
@@ -237,8 +244,18 @@ mod tests {
     fn misses(set: &RuleSet, value: &[u8]) -> Vec<u32> {
         let mut out = Vec::new();
         let mask = (1u64 << set.prefilters.filters.len()) - 1;
-        set.prefilters
-            .run(mask, value, |_| Some(None), |s| out.push(s));
+        set.prefilters.run(
+            mask,
+            value,
+            |_| Some(None),
+            |w, bits| {
+                out.extend(
+                    (0..64)
+                        .filter(|b| bits & 1 << b != 0)
+                        .map(|b| w as u32 * 64 + b),
+                )
+            },
+        );
         out.sort_unstable();
         out
     }
@@ -253,7 +270,12 @@ mod tests {
              SecRule ARGS \"@pm passwd shadow\" \"id:5,phase:2,deny,t:none\"\n",
         );
         // Rules 3 (negated) and 4 (no required literal) are never decided by a filter.
-        let all: usize = set.prefilters.filters.iter().map(|f| f.slots.len()).sum();
+        let all: u32 = set
+            .prefilters
+            .filters
+            .iter()
+            .flat_map(|f| f.slots.iter().map(|(_, b)| b.count_ones()))
+            .sum();
         // (one chain, `t:none`: the value itself is scanned.)
         assert_eq!(all, 3);
         assert_eq!(misses(&set, b"48213").len(), 3);

@@ -1599,7 +1599,7 @@ impl Transaction {
                 let chain = self.rules.chains.get(key)?;
                 memo.out(key, || apply_chain(chain, value))
             },
-            |s| memo.set_miss(s),
+            |w, bits| memo.set_miss_bits(w, bits),
         );
         memo.set_filtered(want);
     }
