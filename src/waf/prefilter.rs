@@ -105,7 +105,7 @@ impl Prefilters {
                 let Entry::Rule(r) = e else { continue };
                 for l in r.links() {
                     if let Some(q) = qualifies(l) {
-                        by_key[l.memo_key(chains)].push(q);
+                        by_key[l.memo_key()].push(q);
                     }
                 }
             }

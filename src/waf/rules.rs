@@ -331,12 +331,15 @@ pub struct Rule {
     /// This link's bit in a value's verdict memo (`memo::ValueMemo`), for links whose
     /// operator result depends on the value alone.
     pub memo_slot: Option<u32>,
+    /// The chain key of this link's transformed value in a value memo: `transforms`, or for
+    /// a `multiMatch` link a key past the chains (`memo_key`).
+    memo_key: u32,
 }
 
 impl Rule {
     /// This link's chain key in a value memo (`RuleSet::memo_widths`).
-    pub fn memo_key(&self, chains: usize) -> usize {
-        self.transforms as usize + if self.multi_match { chains } else { 0 }
+    pub fn memo_key(&self) -> usize {
+        self.memo_key as usize
     }
 
     /// Links of the chain from this rule on.
@@ -400,7 +403,7 @@ pub struct RuleSet {
     /// Unique per compiled set in this process: verdicts remembered across requests are
     /// keyed by it.
     pub id: u64,
-    /// Per chain key (a chain's index, plus `chains.len()` for `multiMatch` links): how many
+    /// Per chain key (a chain's index, then one per chain `multiMatch` links use): how many
     /// links hold a `memo_slot` under it.
     pub memo_widths: Vec<u32>,
     /// Links with a `memo_slot` in all.
@@ -571,14 +574,13 @@ impl RuleSet {
         // Slots grouped by chain key: the links that read one transformed value test
         // neighbouring bits.
         let chains = b.set.chains.len();
-        let mut widths = vec![0u32; 2 * chains];
-        let mut each_pure_link = |f: &mut dyn FnMut(&mut Rule)| {
+        let mut each_link = |pure: bool, f: &mut dyn FnMut(&mut Rule)| {
             for list in b.set.phases.iter_mut() {
                 for e in list.iter_mut() {
                     let Entry::Rule(r) = e else { continue };
                     let mut link: Option<&mut Rule> = Some(r);
                     while let Some(l) = link {
-                        if l.op.is_pure() {
+                        if !pure || l.op.is_pure() {
                             f(l);
                         }
                         link = l.chain.as_deref_mut();
@@ -586,7 +588,22 @@ impl RuleSet {
                 }
             }
         };
-        each_pure_link(&mut |l| widths[l.memo_key(chains)] += 1);
+        // Chain keys: a chain's index, then one per chain that `multiMatch` links use (a
+        // handful), so that a value memo holds no cells for combinations no link has.
+        let mut multi: Vec<Option<u32>> = vec![None; chains];
+        let mut keys = chains as u32;
+        each_link(false, &mut |l| {
+            l.memo_key = if l.multi_match {
+                *multi[l.transforms as usize].get_or_insert_with(|| {
+                    keys += 1;
+                    keys - 1
+                })
+            } else {
+                l.transforms
+            };
+        });
+        let mut widths = vec![0u32; keys as usize];
+        each_link(true, &mut |l| widths[l.memo_key()] += 1);
         let mut next: Vec<u32> = widths
             .iter()
             .scan(0u32, |acc, w| {
@@ -595,8 +612,8 @@ impl RuleSet {
                 Some(start)
             })
             .collect();
-        each_pure_link(&mut |l| {
-            let key = l.memo_key(chains);
+        each_link(true, &mut |l| {
+            let key = l.memo_key();
             l.memo_slot = Some(next[key]);
             next[key] += 1;
         });
@@ -1034,6 +1051,7 @@ impl Builder {
             tags: Vec::new(),
             chain: None,
             memo_slot: None,
+            memo_key: 0,
         };
         let mut chain = false;
         for a in &acts {

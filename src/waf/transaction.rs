@@ -1927,7 +1927,7 @@ impl Transaction {
                         self.multi_match(link, memo_slot, chain, value, memo, &mx, &mut caps)
                             .map(Cow::Owned)
                     } else {
-                        let key = link.memo_key(self.rules.chains.len());
+                        let key = link.memo_key();
                         let out = memo.and_then(|m| m.out(key, || apply_chain(chain, value)));
                         let v = match out {
                             Some(out) => out.unwrap_or(value),
@@ -1994,7 +1994,7 @@ impl Transaction {
             }
             Some(enc)
         };
-        let key = link.memo_key(self.rules.chains.len());
+        let key = link.memo_key();
         let out = memo.and_then(|m| m.out(key, steps));
         let memo = memo.filter(|_| out.is_some());
         let slot = memo_slot.filter(|_| out.is_some());
