@@ -3,7 +3,8 @@
 //! known not to match it. Portal traffic repeats most values (browser headers, cookie and
 //! argument names, common arguments), so a value seen before skips its transformations and
 //! most operator runs. A value's memo is found by content (rule set and bytes, always
-//! compared in full, never trusted by hash alone) in a per-thread table bounded in bytes; a
+//! compared in full, never trusted by hash alone) in a per-thread table bounded in bytes (two
+//! generations, so that values that recur outlive the flow of values seen once); a
 //! transaction keeps the memo of each stored value next to it, so rules reach it without a
 //! lookup. Only "does not match" is remembered: a match is evaluated again, so captures and
 //! matched data come from a real run. It must not know about rule actions or collections: the
@@ -17,7 +18,12 @@ use std::sync::{Arc, OnceLock};
 
 /// Longer values are remembered within their request only (long values rarely repeat).
 const SHARED_VALUE_MAX: usize = 1024;
-/// Bytes of remembered values and results per thread; the table starts over when it is full.
+/// Bytes of remembered values and results per thread. The table keeps two generations of
+/// half of that: when the current one is full it becomes the old one (the older is dropped),
+/// and a value found in the old one moves to the current one. Starting over from nothing
+/// instead made every browser header and cookie name new again every few hundred requests
+/// (each new argument value, URL and session cookie adds ~1 KiB), which cost the requests
+/// after it a full evaluation.
 const THREAD_BUDGET: usize = 8 << 20;
 
 /// A value's result under one transformation chain: `None` inside when it is unchanged.
@@ -116,12 +122,18 @@ impl ValueMemo {
     }
 
     fn size(&self) -> usize {
-        self.raw.len() + self.outs.len() * 24 + self.miss.len() * 8 + 64
+        let outs: usize = self
+            .outs
+            .iter()
+            .filter_map(|o| o.get()?.as_ref().map(|o| o.len()))
+            .sum();
+        self.raw.len() + outs + self.outs.len() * 24 + self.miss.len() * 8 + 64
     }
 }
 
 struct Table {
     map: HashMap<u64, Arc<ValueMemo>, foldhash::fast::FixedState>,
+    old: HashMap<u64, Arc<ValueMemo>, foldhash::fast::FixedState>,
     /// Seeded per thread: chosen collisions can cost an attacker's requests a lookup, no more.
     hasher: foldhash::fast::RandomState,
 }
@@ -129,9 +141,10 @@ struct Table {
 thread_local! {
     static TABLE: RefCell<Table> = RefCell::new(Table {
         map: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0)),
+        old: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0)),
         hasher: foldhash::fast::RandomState::default(),
     });
-    /// Bytes remembered on this thread since its table last started over.
+    /// Bytes remembered in this thread's current generation.
     static BYTES: Cell<usize> = const { Cell::new(0) };
 }
 
@@ -151,10 +164,13 @@ pub fn value(set: u64, keys: usize, slots: u32, raw: &[u8]) -> Arc<ValueMemo> {
             // A different value with the same hash: this one goes unshared.
             return Arc::new(ValueMemo::new(set, keys, slots, raw, false));
         }
-        let m = Arc::new(ValueMemo::new(set, keys, slots, raw, true));
+        let m = match t.old.remove(&h) {
+            Some(m) if m.set == set && *m.raw == *raw => m,
+            _ => Arc::new(ValueMemo::new(set, keys, slots, raw, true)),
+        };
         let size = m.size();
-        if BYTES.with(|b| b.get()) + size > THREAD_BUDGET {
-            t.map.clear();
+        if BYTES.with(|b| b.get()) + size > THREAD_BUDGET / 2 {
+            t.old = std::mem::take(&mut t.map);
             BYTES.with(|b| b.set(0));
         }
         BYTES.with(|b| b.set(b.get() + size));
@@ -191,6 +207,23 @@ mod tests {
         let m4 = value(8, 4, 70, &b);
         assert!(!m4.known_miss(65));
         assert_eq!(m4.out(9, || panic!("no such key")), None);
+    }
+
+    #[test]
+    fn values_that_recur_outlive_a_flow_of_values_seen_once() {
+        let recurring = b"Mozilla/5.0 (X11; Linux x86_64)";
+        value(11, 4, 70, recurring).set_miss(3);
+        value(11, 4, 70, b"seen once").set_miss(3);
+        // Several generations' worth of new values, the recurring one among them.
+        let each = value(11, 4, 70, b"0000000000").size();
+        for n in 0..(3 * THREAD_BUDGET / each) {
+            value(11, 4, 70, format!("{n:010}").as_bytes());
+            if n % 1000 == 0 {
+                assert!(value(11, 4, 70, recurring).known_miss(3));
+            }
+        }
+        assert!(value(11, 4, 70, recurring).known_miss(3));
+        assert!(!value(11, 4, 70, b"seen once").known_miss(3));
     }
 
     #[test]
