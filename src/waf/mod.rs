@@ -2,10 +2,11 @@
 //! linear-time regexes, per tenant.
 //!
 //! Owns the rule language (`seclang`: loading and checking rule files), operators
-//! (`operators`) and the literal pre-filters across them (`prefilter`), transformations (`transforms`), request body parsing (`body`), the compiled
-//! rule set (`rules`) and its evaluation for one request (`transaction`); here, the per-tenant
-//! settings built from the configuration, starting a transaction from a request, and turning
-//! its matches into security events and metrics. It must not send responses, touch routing,
+//! (`operators`) and the literal pre-filters across them (`prefilter`), transformations
+//! (`transforms`), request body parsing (`body`), the compiled rule set (`rules`), what is
+//! remembered of values between requests (`memo`) and the evaluation for one request
+//! (`transaction`); here, the per-tenant settings built from the configuration, starting a
+//! transaction from a request, and turning its matches into security events and metrics. It must not send responses, touch routing,
 //! limits or the cache itself: the pipeline in `proxy` acts on its verdicts.
 
 pub mod body;

@@ -1,9 +1,9 @@
 //! Literal pre-filters across rules: for each transformation chain, one case-insensitive
 //! Aho-Corasick automaton over the literals that every match of each value-only `@rx` under
-//! that chain must contain (`Operator::required_literals`), and the phrases of each `@pm`. One scan of a value's transformed
-//! form tells which of those regexes cannot match it, so a value seen for the first time is
-//! known to miss most of the ~60 CRS regexes that read it without running them, and the rules
-//! are passed over as for a value seen before. It owns building the automata from a rule set
+//! that chain must contain (`Operator::required_literals`), and the phrases of each `@pm`.
+//! One scan of a value's transformed form tells which of those operators cannot match it, so
+//! a value seen for the first time is known to miss most of the ~60 CRS regexes that read it
+//! without running them, and the rules are passed over as for a value seen before. It owns building the automata from a rule set
 //! and the scan; the transaction decides which values are scanned, and the value memo keeps
 //! the results. It must not run operators or know about actions: it only proves misses.
 
