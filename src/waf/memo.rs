@@ -94,15 +94,10 @@ impl ValueMemo {
     /// Load and store, not an atomic or: a bit lost to a racing writer only means that link
     /// runs again for this value some day.
     pub fn set_miss(&self, slot: u32) {
-        if let Some(w) = self.miss.get(slot as usize / 64) {
-            w.store(
-                w.load(Ordering::Relaxed) | 1 << (slot % 64),
-                Ordering::Relaxed,
-            );
-        }
+        self.set_miss_bits(slot as usize / 64, 1 << (slot % 64));
     }
 
-    /// Sets the slots `bits` of miss word `w` (as `set_miss` does one).
+    /// Sets the slots `bits` of miss word `w`.
     pub fn set_miss_bits(&self, w: usize, bits: u64) {
         if let Some(m) = self.miss.get(w) {
             m.store(m.load(Ordering::Relaxed) | bits, Ordering::Relaxed);

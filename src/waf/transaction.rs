@@ -1583,8 +1583,14 @@ impl Transaction {
         })
     }
 
-    /// Runs the pre-filters of the links reading collection `c` on `value` that its memo has
-    /// not been through: a value seen before costs one load here.
+    /// `memo_of` for a value of collection `c`, through the pre-filters of the links reading
+    /// `c` that its memo has not been through (a value seen before costs one load more).
+    fn filtered_memo_of<'a>(&self, c: usize, cell: &'a MemoCell, value: &[u8]) -> &'a ValueMemo {
+        let memo = self.memo_of(cell, value);
+        self.prefilter(c, memo, value);
+        memo
+    }
+
     fn prefilter(&self, c: usize, memo: &ValueMemo, value: &[u8]) {
         let pf = &self.rules.prefilters;
         let want = pf.of_coll(c);
@@ -1637,9 +1643,7 @@ impl Transaction {
                         and.fill(0);
                         break;
                     };
-                    let value = if keys { k.as_bytes() } else { v };
-                    let m = self.memo_of(cell, value);
-                    self.prefilter(c, m, value);
+                    let m = self.filtered_memo_of(c, cell, if keys { k.as_bytes() } else { v });
                     m.and_miss(&mut and);
                 }
             }
@@ -1735,10 +1739,9 @@ impl Transaction {
                 let Some(cell) = memos.get(n) else {
                     return 0;
                 };
-                let value = if keys { k.as_bytes() } else { v };
-                let m = self.memo_of(cell, value);
-                self.prefilter(c, m, value);
-                and &= m.miss_word(w);
+                and &= self
+                    .filtered_memo_of(c, cell, if keys { k.as_bytes() } else { v })
+                    .miss_word(w);
             }
         }
         and
