@@ -327,6 +327,11 @@ impl Operator {
         }
     }
 
+    /// Whether it matches every value and captures it whole as TX:0 (`@rx ^.*$`).
+    pub fn captures_whole(&self) -> bool {
+        !self.negated && matches!(self.kind, Kind::Rx(Re::Whole))
+    }
+
     /// The parameter when it holds macros (expanded at evaluation), for an analysis of what
     /// the operator reads.
     pub fn param_with_macros(&self) -> Option<&str> {

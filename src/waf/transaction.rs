@@ -1824,6 +1824,18 @@ impl Transaction {
                 at += 1;
                 continue;
             }
+            // A chain whose filed TX keys no other rule reads: tested without filing them.
+            if self.plan.is_some()
+                && plan
+                    .as_ref()
+                    .is_some_and(|p| p.unfiled[phase as usize].get(at).copied().unwrap_or(false))
+                && self.removed_targets.is_empty()
+                && self.removed_targets_tag.is_empty()
+                && !self.filed_keys_may_match(rule)
+            {
+                at += 1;
+                continue;
+            }
             if !self.eval_chain(rule) {
                 at += 1;
                 continue;
@@ -1858,20 +1870,7 @@ impl Transaction {
             self.matched.clear();
             for hit in &mut found.v[..found.n] {
                 if link.capture && !hit.caps.is_empty() {
-                    let n = hit.caps.len().min(10);
-                    // TX:0..n-1 from this match, and none left over from an earlier one.
-                    if self.tx_digits >> n != 0 {
-                        self.tx_retain(|k| {
-                            !(k.len() == 1 && k.as_bytes()[0].is_ascii_digit())
-                                || usize::from(k.as_bytes()[0] - b'0') < n
-                        });
-                    }
-                    for (i, c) in hit.caps.drain(..).take(10).enumerate() {
-                        match self.tx_pos(CAPTURE_KEYS[i]) {
-                            Some(at) => *self.tx_value_mut(at) = c,
-                            None => self.tx_put(CAPTURE_KEYS[i].to_string(), c),
-                        }
-                    }
+                    self.set_captures(&mut hit.caps);
                 }
                 let m = self.matched.next();
                 m.name.push_str(&hit.name);
@@ -1881,6 +1880,114 @@ impl Transaction {
         }
         self.found = found;
         all
+    }
+
+    /// For a chain the plan found to file TX keys no other rule reads (`plan.rs`,
+    /// `files_unread_keys`): whether its second link may match one of the values the first
+    /// would file. When it cannot, the chain's one lasting effect is made (TX:0, the first
+    /// link's last value) and the keys are not filed; when it may, nothing is changed and the
+    /// chain is evaluated as any other. The answer per value is remembered per thread and
+    /// plan (requests repeat the same few header names).
+    fn filed_keys_may_match(&mut self, starter: &Rule) -> bool {
+        let (Some(second), [sv], Some(plan)) = (
+            starter.chain.as_deref(),
+            starter.setvars.as_slice(),
+            self.plan.as_ref(),
+        ) else {
+            return true;
+        };
+        let Some(Piece::Text(prefix)) = sv.name_tpl.0.first() else {
+            return true;
+        };
+        let chain = &self.rules.chains[starter.transforms as usize];
+        let mx = Mx {
+            tx: self,
+            rule: Some(starter),
+        };
+        let mut may = false;
+        let mut any = false;
+        let mut last = Vec::new();
+        let mut filed = Vec::new();
+        let mut key = String::new();
+        // Whether the second link may match the value filed for transformed value `v`.
+        let mut verdict = |v: &[u8]| {
+            // Setvar values are text: other bytes take the general path.
+            let Ok(text) = std::str::from_utf8(v) else {
+                return true;
+            };
+            // A key another rule's selector may pick is filed after all.
+            if !plan.unfiled_watch.is_empty() {
+                key.clear();
+                key.push_str(prefix);
+                key.push_str(text);
+                key.make_ascii_lowercase();
+                if plan.unfiled_watch.iter().any(|s| s.matches(&key)) {
+                    return true;
+                }
+            }
+            filed.clear();
+            for p in &sv.value_tpl.0 {
+                match p {
+                    Piece::Text(t) => filed.extend_from_slice(t.as_bytes()),
+                    _ => filed.extend_from_slice(v),
+                }
+            }
+            second.op.matches(&filed, &mx, false, &mut Vec::new())
+        };
+        for var in &starter.targets {
+            self.each_value(
+                var,
+                Some(starter),
+                &starter.exclusions,
+                &[],
+                None,
+                &mut |_, value, cell| {
+                    if may {
+                        return;
+                    }
+                    let memo = cell.map(|c| self.memo_of(c, value));
+                    let out =
+                        memo.and_then(|m| m.out(starter.memo_key(), || apply_chain(chain, value)));
+                    let owned;
+                    let v = match out {
+                        Some(out) => out.unwrap_or(value),
+                        None => {
+                            owned = apply_chain(chain, value);
+                            owned.as_deref().unwrap_or(value)
+                        }
+                    };
+                    any = true;
+                    may = filed_verdict(plan.id, value, || verdict(v));
+                    last.clear();
+                    last.extend_from_slice(v);
+                },
+            );
+        }
+        if may {
+            return true;
+        }
+        self.matched.clear();
+        if any {
+            self.set_captures(&mut vec![last]);
+        }
+        false
+    }
+
+    /// TX:0..n-1 from one match's captures, and none left over from an earlier one.
+    fn set_captures(&mut self, caps: &mut Vec<Vec<u8>>) {
+        let n = caps.len().min(10);
+        if self.tx_digits >> n != 0 {
+            self.tx_retain(|k| {
+                !(k.len() == 1 && k.as_bytes()[0].is_ascii_digit())
+                    || usize::from(k.as_bytes()[0] - b'0') < n
+            });
+        }
+        for (i, c) in caps.drain(..).take(10).enumerate() {
+            match self.tx_pos(CAPTURE_KEYS[i]) {
+                Some(at) => *self.tx_value_mut(at) = c,
+                None => self.tx_put(CAPTURE_KEYS[i].to_string(), c),
+            }
+        }
     }
 
     fn eval_link(&self, starter: &Rule, link: &Rule, found: &mut Hits) -> bool {
@@ -2249,6 +2356,48 @@ impl Transaction {
             Ctl::Ignored => {}
         }
     }
+}
+
+/// Values remembered by `filed_verdict` per thread before it starts over.
+const FILED_VERDICTS: usize = 4096;
+
+thread_local! {
+    /// `filed_verdict`'s answers: by hash of (plan, value), with both kept to compare.
+    static FILED: std::cell::RefCell<FiledVerdicts> = std::cell::RefCell::new(FiledVerdicts::default());
+}
+
+#[derive(Default)]
+struct FiledVerdicts {
+    hasher: foldhash::fast::RandomState,
+    map: HashMap<u64, (u64, Box<[u8]>, bool), foldhash::fast::FixedState>,
+}
+
+/// The answer of `compute` for `value` under plan `plan`, remembered per thread (bounded:
+/// header names from attackers only make it start over).
+fn filed_verdict(plan: u64, value: &[u8], compute: impl FnOnce() -> bool) -> bool {
+    if value.len() > 256 {
+        return compute();
+    }
+    let h = FILED.with(|f| std::hash::BuildHasher::hash_one(&f.borrow().hasher, (plan, value)));
+    let known = FILED.with(|f| {
+        f.borrow()
+            .map
+            .get(&h)
+            .filter(|(p, v, _)| *p == plan && **v == *value)
+            .map(|e| e.2)
+    });
+    if let Some(may) = known {
+        return may;
+    }
+    let may = compute();
+    FILED.with(|f| {
+        let mut f = f.borrow_mut();
+        if f.map.len() >= FILED_VERDICTS {
+            f.map.clear();
+        }
+        f.map.insert(h, (plan, value.into(), may));
+    });
+    may
 }
 
 /// The chain applied to `value`; `None` when nothing changes it.

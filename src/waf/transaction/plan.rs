@@ -23,6 +23,8 @@ use std::sync::Arc;
 pub struct Plan {
     /// The rule set it was made for (a transaction on another set ignores it).
     pub(super) rules: u64,
+    /// Unique per plan made (answers remembered per plan are told apart by it).
+    pub(super) id: u64,
     /// TX after the leading set-up rules, in the order they were set, with its index and
     /// capture-key bits (copied, not rebuilt, per request).
     pub(super) tx: Vec<(String, Vec<u8>)>,
@@ -34,6 +36,14 @@ pub struct Plan {
     /// How many rules the plan passes over on a request that reaches them all, for
     /// `cong check` and tests.
     pub fixed_rules: usize,
+    /// Per phase and entry: a chain that files TX keys no other rule reads (see
+    /// `files_unread_keys`), tested without filing them.
+    pub(super) unfiled: [Vec<bool>; 6],
+    /// The TX key prefixes of those chains, whose keys a request may then lack.
+    pub unfiled_prefixes: Vec<String>,
+    /// Key selectors of other rules that may pick such a key by what it contains: a value
+    /// whose key one of them selects is filed (the chain takes the general path).
+    pub(super) unfiled_watch: Vec<Sel>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -225,6 +235,95 @@ fn effects(r: &Rule, tx: usize) -> Effects {
     }
 }
 
+/// A two-link chain that files each value of its targets under a TX key of its own, then
+/// tests the keys it filed: the CRS's 920450 (`REQUEST_HEADERS_NAMES "@rx ^.*$"` capturing,
+/// `setvar:'tx.header_name_%{tx.0}=/%{tx.0}/'`, chained to `TX:/^header_name_/ "@within
+/// %{tx.restricted_headers}"`), which costs every request a TX variable per header. When no
+/// other rule reads or writes keys under that prefix, the keys cannot be observed: the chain
+/// matches exactly when its second link's operator matches one of the values the first
+/// would file, which `Transaction::filed_keys_may_match` tests without filing them. Returns
+/// the prefix.
+fn files_unread_keys(
+    rules: &RuleSet,
+    r: &Rule,
+    tx: usize,
+    links: &[(&Rule, Link)],
+    plan_tx: &[(String, Vec<u8>)],
+) -> Option<(String, Vec<Sel>)> {
+    let second = r.chain.as_deref()?;
+    let capture_key = |p: &Piece| matches!(p, Piece::Tx(k, _) if k == "0");
+    let [sv] = r.setvars.as_slice() else {
+        return None;
+    };
+    let prefix = match sv.name_tpl.0.as_slice() {
+        [Piece::Text(p), k] if capture_key(k) && !p.is_empty() => p.to_ascii_lowercase(),
+        _ => return None,
+    };
+    let first_ok = !r.targets.is_empty()
+        && r.targets.iter().all(|v| v.coll != tx && !v.count)
+        && r.op.captures_whole()
+        && r.capture
+        && !r.multi_match
+        && r.ctls.is_empty()
+        && sv.coll.eq_ignore_ascii_case("tx")
+        && matches!(sv.op, SetOp::Set(_))
+        && sv
+            .value_tpl
+            .0
+            .iter()
+            .all(|p| matches!(p, Piece::Text(_)) || capture_key(p));
+    let second_ok = second.chain.is_none()
+        && matches!(second.targets.as_slice(),
+            [v] if v.coll == tx && !v.count
+                && matches!(&v.selector, Some(Sel::Prefix(p)) if *p == prefix.as_bytes()))
+        && second.exclusions.is_empty()
+        && rules
+            .chains
+            .get(second.transforms as usize)
+            .is_some_and(|c| c.is_empty())
+        && !second.multi_match
+        && !second.capture;
+    if !first_ok || !second_ok {
+        return None;
+    }
+    // The operator may read TX variables, but none this chain writes (TX:0, the keys).
+    let mut param_ok = true;
+    if let Some(p) = second.op.param_with_macros() {
+        crate::waf::rules::split_macros(p, |raw| {
+            if let crate::waf::rules::Raw::Macro(name) = raw {
+                param_ok &= matches!(macro_key(name), Ok(Some(k))
+                    if !k.starts_with(&prefix) && !k.bytes().all(|b| b.is_ascii_digit()));
+            }
+        });
+    }
+    let mut keys = Keys::default();
+    keys.add_prefix(&prefix);
+    // Readers by name or prefix, and by macro, rule it out. A reader that selects keys by
+    // what they contain or by regex (`TX:/paramcounter_.*/`) may see a key whose name came
+    // from the request: those selectors are tested per key at evaluation.
+    let mut watch = Vec::new();
+    let mut unread = true;
+    for (at, l) in links {
+        if std::ptr::eq(*at, r) || std::ptr::eq(*at, second) {
+            continue;
+        }
+        let mut named = l.reads.clone();
+        if named.all {
+            named.all = false;
+            for v in at.targets.iter().filter(|v| v.coll == tx) {
+                match &v.selector {
+                    Some(s @ (Sel::Contains(_) | Sel::Regex(_))) => watch.push(s.clone()),
+                    Some(_) => {}
+                    None => unread = false,
+                }
+            }
+        }
+        unread &= !named.meets(&keys) && !l.writes.meets(&keys);
+    }
+    let unset = !plan_tx.iter().any(|(k, _)| k.starts_with(&prefix));
+    (param_ok && unread && unset).then_some((prefix, watch))
+}
+
 /// How one entry's outcome is fixed.
 #[derive(Clone, Copy, PartialEq)]
 enum Fixed {
@@ -303,6 +402,20 @@ impl Plan {
         // before them may have written what they read.
         let mut dirty = Keys::default();
         let mut next: [Vec<u32>; 6] = Default::default();
+        let links: Vec<(&Rule, Link)> = rules
+            .phases
+            .iter()
+            .flatten()
+            .filter_map(|e| match e {
+                Entry::Rule(r) => Some(r),
+                Entry::Marker(_) => None,
+            })
+            .flat_map(|r| r.links())
+            .map(|l| (l, link(l, txc)))
+            .collect();
+        let mut unfiled: [Vec<bool>; 6] = Default::default();
+        let mut unfiled_prefixes = Vec::new();
+        let mut unfiled_watch = Vec::new();
         for phase in 1..=5u8 {
             let list = &rules.phases[phase as usize];
             let from = if phase == 1 { start } else { 0 };
@@ -314,6 +427,14 @@ impl Plan {
                 }
                 let e = effects(r, txc);
                 let clean = !targets_removed(&t, r);
+                if clean {
+                    if let Some((p, w)) = files_unread_keys(rules, r, txc, &links, &t.colls[txc]) {
+                        unfiled[phase as usize].resize(list.len(), false);
+                        unfiled[phase as usize][at] = true;
+                        unfiled_prefixes.push(p);
+                        unfiled_watch.extend(w);
+                    }
+                }
                 fixed[at] = if clean
                     && e.all.tx_only
                     && !e.all.acts
@@ -358,13 +479,18 @@ impl Plan {
             next[phase as usize] = n;
         }
         t.reindex_tx();
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Plan {
             rules: rules.id,
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             tx_index: std::mem::replace(&mut t.tx_index, super::TxIndex::empty()),
             tx_digits: t.tx_digits,
             tx: std::mem::take(&mut t.colls[txc]),
             next,
             fixed_rules,
+            unfiled,
+            unfiled_prefixes,
+            unfiled_watch,
         }
     }
 }
@@ -562,6 +688,68 @@ mod tests {
         }
     }
 
+    /// The outcome without the TX keys the plan proved no rule reads.
+    fn unfiled(plan: &Plan, mut o: Outcome) -> Outcome {
+        o.tx.retain(|(k, _)| !plan.unfiled_prefixes.iter().any(|p| k.starts_with(p)));
+        o
+    }
+
+    #[test]
+    fn keys_no_rule_reads_are_not_filed_and_the_verdicts_stay_the_same() {
+        let chain = r#"
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.restricted=/proxy/ /if/"
+SecRule REQUEST_HEADERS_NAMES "@rx ^.*$" "id:2,phase:2,deny,status:403,capture,t:none,t:lowercase,\
+    setvar:'tx.hn_%{tx.0}=/%{tx.0}/',chain"
+    SecRule TX:/^hn_/ "@within %{tx.restricted}" "setvar:tx.score=+5"
+SecRule TX:0 "@streq x-last" "id:3,phase:2,deny,status:409"
+"#;
+        // Another rule picks keys by what they contain: a header name that makes such a key
+        // is filed; one that reads all of TX rules the shortcut out.
+        let watched =
+            format!("{chain}SecRule TX:/name_x/ \"@rx .\" \"id:4,phase:2,deny,status:418\"\n");
+        let whole =
+            format!("{chain}SecRule TX \"@rx ^/x-whole/$\" \"id:5,phase:2,deny,status:410\"\n");
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<(u16, u64)>);
+        let cases: [Case; 5] = [
+            ("plain", &[("Accept", "*/*")], None),
+            ("restricted", &[("Proxy", "x")], Some((403, 2))),
+            (
+                "restricted, upper case",
+                &[("IF", "x"), ("Accept", "*/*")],
+                Some((403, 2)),
+            ),
+            ("TX:0 is the last name", &[("X-Last", "1")], Some((409, 3))),
+            ("watched", &[("Name_X-Tra", "1")], None),
+        ];
+        for (rules, prefixes) in [(chain.to_string(), 1), (watched, 1), (whole, 0)] {
+            let set = Arc::new(RuleSet::parse(&rules).expect("rules load"));
+            let plan = Arc::new(Plan::build(&set, &[], &Exclusions::default()));
+            assert_eq!(plan.unfiled_prefixes.len(), prefixes, "{rules}");
+            for (what, headers, refused) in &cases {
+                let r = Req {
+                    method: "GET",
+                    uri: "/",
+                    headers,
+                    body: "",
+                };
+                let mut plain = Transaction::new(set.clone(), Mode::On, "u1");
+                let mut planned = Transaction::new(set.clone(), Mode::On, "u1");
+                planned.follow(&plan);
+                let (a, b) = (run(&mut plain, &r), run(&mut planned, &r));
+                let want = match (*what, rules.contains("id:4")) {
+                    ("watched", true) => Some((418, 4)),
+                    _ => *refused,
+                };
+                assert_eq!(a.refused, want, "{what}");
+                let filed = b.tx.iter().any(|(k, _)| k.starts_with("hn_"));
+                // Filed when the chain may match (or a watcher may pick the key).
+                let may = want.is_some_and(|(_, id)| id != 3);
+                assert_eq!(filed, prefixes == 0 || may, "{what}: {rules}");
+                assert_eq!(unfiled(&plan, a), unfiled(&plan, b), "{what}");
+            }
+        }
+    }
+
     const SETTINGS: [(&str, &str); 4] = [
         ("paranoia_level", "1"),
         ("executing_paranoia_level", "1"),
@@ -650,6 +838,7 @@ mod tests {
                 planned.follow(&plan);
                 assert!(planned.planned());
                 let (a, b) = (run(&mut plain, r), run(&mut planned, r));
+                let (a, b) = (unfiled(&plan, a), unfiled(&plan, b));
                 assert_eq!(a, b, "{} {} ({mode:?})", r.method, r.uri);
             }
         }
@@ -667,6 +856,13 @@ mod tests {
             targets: vec![],
         };
         same_with_and_without(&set, &SETTINGS, &excl);
+    }
+
+    #[test]
+    fn the_crs_header_name_keys_are_tested_without_filing_them() {
+        let Some(set) = crs() else { return };
+        let plan = Arc::new(Plan::build(&set, &SETTINGS, &Exclusions::default()));
+        assert_eq!(plan.unfiled_prefixes, ["header_name_"]);
     }
 
     #[test]
