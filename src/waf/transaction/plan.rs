@@ -11,8 +11,10 @@
 //! outcome varies may have written before it; a fixed rule further on must also write nothing,
 //! log nothing and end in `pass`, so passing over it changes nothing but where evaluation goes
 //! on. A request that changes what the plan assumed (a per-path exclusion, a `ctl` that
-//! removes rules or targets) is evaluated rule by rule as without a plan. It must not know about
-//! requests or tenants: the caller says which TX settings and exclusions apply.
+//! removes rules or targets) is evaluated rule by rule as without a plan. The plan also marks
+//! chains that file TX keys no other rule reads (920450's `header_name_*`), which evaluation
+//! then tests without filing them. It must not know about requests or tenants: the caller says
+//! which TX settings and exclusions apply.
 
 use super::{ix, next_rule, Coll, Exclusions, Transaction};
 use crate::waf::rules::{in_ranges, Disruptive, Entry, Piece, Rule, RuleSet, Sel, SetOp};
