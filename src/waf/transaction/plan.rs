@@ -43,6 +43,9 @@ pub struct Plan {
     pub(super) unfiled: [Vec<bool>; 6],
     /// The TX key prefixes of those chains, whose keys a request may then lack.
     pub unfiled_prefixes: Vec<String>,
+    /// Phase 5 (logging) when, evaluated from the plan's TX, it records and decides nothing
+    /// (see `quiet_logging`).
+    pub(super) quiet_logging: Option<QuietLogging>,
     /// Key selectors of other rules that may pick such a key by what it contains: a value
     /// whose key one of them selects is filed (the chain takes the general path).
     pub(super) unfiled_watch: Vec<Sel>,
@@ -235,6 +238,82 @@ fn effects(r: &Rule, tx: usize) -> Effects {
         first_reads,
         all,
     }
+}
+
+/// What phase 5 (logging) does to a request that wrote none of the TX variables its rules
+/// read: the CRS's correlation rules (980xxx) read nothing but TX, and on the many requests no
+/// rule matched (anomaly scores as the set-up left them) they record nothing and only set
+/// `executing_anomaly_score`. The plan evaluates the phase once from its own TX; a request
+/// whose TX still holds the plan's values under every key the phase reads gets the same
+/// outcome by writing what the phase wrote.
+pub(super) struct QuietLogging {
+    /// The keys the phase reads: name, `tx_key_hash`, position in the plan's TX (`None`:
+    /// absent there, and must be absent in the request's).
+    pub(super) reads: Vec<(String, u64, Option<usize>)>,
+    /// The TX variables the phase set, with their values.
+    pub(super) writes: Vec<(String, u64, Vec<u8>)>,
+}
+
+/// Evaluates phase 5 in `t` (the plan's transaction, TX as the set-up left it) and returns
+/// its outcome when every rule of the phase a request visits (`next`, the plan's steps:
+/// the rules it passes over read what no request changes) reads TX alone, by name, and the
+/// phase records, decides and removes nothing; `t`'s TX is left as it was.
+fn quiet_logging(
+    t: &mut Transaction,
+    rules: &RuleSet,
+    next: &[u32],
+    txc: usize,
+) -> Option<QuietLogging> {
+    let list = &rules.phases[5];
+    let mut reads = Keys::default();
+    let mut at = 0;
+    while at < list.len() {
+        at = next.get(at).map_or(list.len(), |&n| n as usize);
+        let Some(Entry::Rule(r)) = list.get(at) else {
+            at += 1;
+            continue;
+        };
+        at += 1;
+        let e = effects(r, txc);
+        if !e.all.tx_only || e.all.reads.all || !e.all.reads.prefixes.is_empty() {
+            return None;
+        }
+        reads.extend(e.all.reads);
+    }
+    let before = (t.colls[txc].clone(), t.tx_digits);
+    let records = t.matches.len();
+    t.run_phase(5);
+    let quiet = t.matches.len() == records
+        && t.intervention.is_none()
+        && t.would_block.is_none()
+        && t.allow.is_none()
+        && t.mode == crate::waf::rules::Mode::On;
+    let after = std::mem::replace(&mut t.colls[txc], before.0);
+    t.tx_digits = before.1;
+    t.reindex_tx();
+    t.matches.truncate(records);
+    (t.intervention, t.would_block, t.allow) = (None, None, None);
+    let coll = &t.colls[txc];
+    let kept = coll.iter().all(|(k, _)| after.iter().any(|(a, _)| a == k));
+    if !quiet || !kept {
+        return None;
+    }
+    let writes = after
+        .into_iter()
+        .filter(|(k, v)| !coll.iter().any(|(b, w)| b == k && w == v))
+        .map(|(k, v)| (super::tx_key_hash(&k), k, v))
+        .map(|(h, k, v)| (k, h, v))
+        .collect();
+    let reads = reads
+        .some
+        .into_iter()
+        .map(|k| {
+            let at = coll.iter().position(|(b, _)| *b == k);
+            (super::tx_key_hash(&k), k, at)
+        })
+        .map(|(h, k, at)| (k, h, at))
+        .collect();
+    Some(QuietLogging { reads, writes })
 }
 
 /// A two-link chain that files each value of its targets under a TX key of its own, then
@@ -481,6 +560,7 @@ impl Plan {
             next[phase as usize] = n;
         }
         t.reindex_tx();
+        let quiet_logging = quiet_logging(&mut t, rules, &next[5], txc);
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Plan {
             rules: rules.id,
@@ -493,6 +573,7 @@ impl Plan {
             unfiled,
             unfiled_prefixes,
             unfiled_watch,
+            quiet_logging,
         }
     }
 }
@@ -865,6 +946,59 @@ SecRule TX:0 "@streq x-last" "id:3,phase:2,deny,status:409"
         let Some(set) = crs() else { return };
         let plan = Arc::new(Plan::build(&set, &SETTINGS, &Exclusions::default()));
         assert_eq!(plan.unfiled_prefixes, ["header_name_"]);
+    }
+
+    #[test]
+    fn the_logging_phase_is_evaluated_only_when_the_request_changed_what_it_reads() {
+        let rules = r#"
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.score=0"
+SecRule ARGS "@contains attack" "id:2,phase:2,pass,log,setvar:tx.score=+5"
+SecAction "id:3,phase:5,pass,nolog,setvar:tx.total=%{tx.score}"
+SecRule TX:SCORE "@ge 5" "id:4,phase:5,pass,log,msg:'score %{tx.score}'"
+"#;
+        let set = Arc::new(RuleSet::parse(rules).expect("rules load"));
+        let plan = Arc::new(Plan::build(&set, &[], &Exclusions::default()));
+        let q = plan.quiet_logging.as_ref().expect("phase 5 worked out");
+        assert_eq!(
+            q.writes,
+            [(
+                "total".to_string(),
+                super::super::tx_key_hash("total"),
+                b"0".to_vec()
+            )]
+        );
+        for (uri, total, records, evaluated) in
+            [("/?a=fine", "0", 0, false), ("/?a=attack", "5", 2, true)]
+        {
+            let r = Req {
+                method: "GET",
+                uri,
+                headers: &[],
+                body: "",
+            };
+            let mut plain = Transaction::new(set.clone(), Mode::On, "u1");
+            let mut planned = Transaction::new(set.clone(), Mode::On, "u1");
+            planned.follow(&plan);
+            let a = run(&mut plain, &r);
+            let chains = planned.chains;
+            let b = run(&mut planned, &r);
+            assert_eq!(a, b, "{uri}");
+            assert_eq!(planned.tx("total"), Some(total.as_bytes()), "{uri}");
+            assert_eq!(b.matches.len(), records, "{uri}");
+            // Phase 1 and 2 evaluate rule 2 alone; phase 5 adds rules 3 and 4 when it runs.
+            assert_eq!(planned.chains - chains > 1, evaluated, "{uri}");
+        }
+    }
+
+    #[test]
+    fn the_crs_logging_phase_is_worked_out_for_requests_that_leave_its_keys() {
+        let Some(set) = crs() else { return };
+        let plan = Arc::new(Plan::build(&set, &SETTINGS, &Exclusions::default()));
+        let q = plan.quiet_logging.as_ref().expect("phase 5 worked out");
+        let keys: Vec<&str> = q.reads.iter().map(|(k, _, _)| k.as_str()).collect();
+        assert!(keys.contains(&"inbound_anomaly_score"), "{keys:?}");
+        let writes: Vec<&str> = q.writes.iter().map(|(k, _, _)| k.as_str()).collect();
+        assert_eq!(writes, ["executing_anomaly_score"]);
     }
 
     #[test]
