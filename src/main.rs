@@ -583,7 +583,6 @@ fn main() -> ExitCode {
         }
         Cmd::Run { config, upgrade } => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-                .write_style(env_logger::WriteStyle::Always)
                 .format(log_line)
                 .init();
             let cfg = match load(config) {
@@ -696,8 +695,10 @@ fn bans(cmd: BansCmd, admin: Option<std::net::SocketAddr>, config: Option<PathBu
 }
 
 /// One log line as env_logger writes it by default (`[time LEVEL target] message`), without
-/// styles: nothing then needs stripping on the way out, which cost the WAF's security events
-/// a pass over every byte. An escape byte in a message is written as `\e`, not obeyed.
+/// styles. env_logger is built without its colour support, which stripped styles from every
+/// byte and asked the kernel whether stderr is a terminal (an `ioctl`) for every line: the
+/// WAF's security events log a line per rule match on the request path. An escape byte in a
+/// message is written as `\e`, not obeyed.
 fn log_line(buf: &mut env_logger::fmt::Formatter, r: &log::Record<'_>) -> std::io::Result<()> {
     use std::io::Write;
     let ts = buf.timestamp_millis();
