@@ -1987,7 +1987,7 @@ impl Transaction {
                         }
                     };
                     any = true;
-                    may = filed_verdict(plan.id, value, || verdict(v));
+                    may = filed_verdict((plan.id, starter.id), value, || verdict(v));
                     last.clear();
                     last.extend_from_slice(v);
                 },
@@ -2392,19 +2392,23 @@ impl Transaction {
 const FILED_VERDICTS: usize = 4096;
 
 thread_local! {
-    /// `filed_verdict`'s answers: by hash of (plan, value), with both kept to compare.
+    /// `filed_verdict`'s answers: by hash of (plan and rule, value), with both kept to
+    /// compare.
     static FILED: std::cell::RefCell<FiledVerdicts> = std::cell::RefCell::new(FiledVerdicts::default());
 }
+
+/// A remembered answer: (plan id, rule id), the value, and whether the chain may match.
+type FiledVerdict = ((u64, u64), Box<[u8]>, bool);
 
 #[derive(Default)]
 struct FiledVerdicts {
     hasher: foldhash::fast::RandomState,
-    map: HashMap<u64, (u64, Box<[u8]>, bool), foldhash::fast::FixedState>,
+    map: HashMap<u64, FiledVerdict, foldhash::fast::FixedState>,
 }
 
-/// The answer of `compute` for `value` under plan `plan`, remembered per thread (bounded:
-/// header names from attackers only make it start over).
-fn filed_verdict(plan: u64, value: &[u8], compute: impl FnOnce() -> bool) -> bool {
+/// The answer of `compute` for `value` under `plan`'s rule `(plan id, rule id)`, remembered
+/// per thread (bounded: header names from attackers only make it start over).
+fn filed_verdict(plan: (u64, u64), value: &[u8], compute: impl FnOnce() -> bool) -> bool {
     if value.len() > 256 {
         return compute();
     }
