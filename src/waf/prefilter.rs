@@ -179,6 +179,9 @@ impl Prefilters {
             let Some(f) = self.filters.get(n) else { break };
             match out(f.key) {
                 Some(None) => unchanged |= 1 << n,
+                // The scans ignore ASCII case: a chain that only changed case (`lowercase`
+                // on `GA1.2…`, `GET /x HTTP/1.1`) finds what the value itself holds.
+                Some(Some(v)) if v.eq_ignore_ascii_case(value) => unchanged |= 1 << n,
                 Some(Some(v)) => {
                     f.scan.run(v, found);
                     f.decide(found, &mut miss);
@@ -242,12 +245,17 @@ mod tests {
     }
 
     fn misses(set: &RuleSet, value: &[u8]) -> Vec<u32> {
+        misses_after(set, value, None)
+    }
+
+    /// `misses` when every chain turned `value` into `out` (`None`: left it as it was).
+    fn misses_after<'a>(set: &RuleSet, value: &'a [u8], changed: Option<&'a [u8]>) -> Vec<u32> {
         let mut out = Vec::new();
         let mask = (1u64 << set.prefilters.filters.len()) - 1;
         set.prefilters.run(
             mask,
             value,
-            |_| Some(None),
+            |_| Some(changed),
             |w, bits| {
                 out.extend(
                     (0..64)
@@ -282,5 +290,19 @@ mod tests {
         // Case does not matter; only the links whose literals are present are left to run.
         assert_eq!(misses(&set, b"1 UNION SELECT 2").len(), 2);
         assert_eq!(misses(&set, b"<SCRIPT>union select /etc/Passwd").len(), 0);
+    }
+
+    #[test]
+    fn a_chain_that_only_changed_case_is_decided_from_the_value_itself() {
+        let set = load(
+            "SecRule ARGS \"@rx union\\s+select\" \"id:1,phase:2,deny,t:none,t:lowercase\"\n\
+             SecRule ARGS \"@rx <script\" \"id:2,phase:2,deny,t:none,t:lowercase\"\n",
+        );
+        let run = |value: &'static [u8], out: &'static [u8]| misses_after(&set, value, Some(out));
+        // Case only: what the value holds decides (rule 1's literals are there).
+        assert_eq!(run(b"1 UNION SELECT 2", b"1 union select 2").len(), 1);
+        assert_eq!(run(b"%3Cscript%3E", b"%3cscript%3e").len(), 2);
+        // Another change: the chain's own result is scanned.
+        assert_eq!(run(b"%3Cscript%3E", b"<script>").len(), 1);
     }
 }
