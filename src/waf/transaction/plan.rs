@@ -13,8 +13,9 @@
 //! on. A request that changes what the plan assumed (a per-path exclusion, a `ctl` that
 //! removes rules or targets) is evaluated rule by rule as without a plan. The plan also marks
 //! chains that file TX keys no other rule reads (920450's `header_name_*`), which evaluation
-//! then tests without filing them. It must not know about requests or tenants: the caller says
-//! which TX settings and exclusions apply.
+//! then tests without filing them, and works out phase 5 (logging) for the requests that leave
+//! the TX variables it reads as the plan has them. It must not know about requests or tenants:
+//! the caller says which TX settings and exclusions apply.
 
 use super::{ix, next_rule, Coll, Exclusions, Transaction};
 use crate::waf::rules::{in_ranges, Disruptive, Entry, Piece, Rule, RuleSet, Sel, SetOp};
@@ -301,17 +302,21 @@ fn quiet_logging(
     let writes = after
         .into_iter()
         .filter(|(k, v)| !coll.iter().any(|(b, w)| b == k && w == v))
-        .map(|(k, v)| (super::tx_key_hash(&k), k, v))
-        .map(|(h, k, v)| (k, h, v))
+        .map(|(k, v)| {
+            let h = super::tx_key_hash(&k);
+            (k, h, v)
+        })
         .collect();
     let reads = reads
         .some
         .into_iter()
         .map(|k| {
-            let at = coll.iter().position(|(b, _)| *b == k);
-            (super::tx_key_hash(&k), k, at)
+            let (h, at) = (
+                super::tx_key_hash(&k),
+                coll.iter().position(|(b, _)| *b == k),
+            );
+            (k, h, at)
         })
-        .map(|(h, k, at)| (k, h, at))
         .collect();
     Some(QuietLogging { reads, writes })
 }
@@ -323,7 +328,8 @@ fn quiet_logging(
 /// other rule reads or writes keys under that prefix, the keys cannot be observed: the chain
 /// matches exactly when its second link's operator matches one of the values the first
 /// would file, which `Transaction::filed_keys_may_match` tests without filing them. Returns
-/// the prefix.
+/// the prefix, and the key selectors of other rules that pick keys by content or regex (a
+/// key one of them picks must be filed after all).
 fn files_unread_keys(
     rules: &RuleSet,
     r: &Rule,
