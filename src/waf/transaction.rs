@@ -1275,7 +1275,6 @@ impl Transaction {
         self.allow = allow;
     }
 
-    /// The highest phase run so far (0 before phase 1).
     /// Phase 5 as the plan worked it out (`plan.rs`, `QuietLogging`), when this request
     /// wrote none of the TX variables the phase reads: its writes are made and true is
     /// returned; else false, and the phase is evaluated.
@@ -1304,6 +1303,7 @@ impl Transaction {
         true
     }
 
+    /// The highest phase run so far (0 before phase 1).
     pub fn phase_done(&self) -> u8 {
         self.done_phases
     }
