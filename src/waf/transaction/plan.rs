@@ -336,6 +336,7 @@ fn files_unread_keys(
     tx: usize,
     links: &[(&Rule, Link)],
     plan_tx: &[(String, Vec<u8>)],
+    dirty: &Keys,
 ) -> Option<(String, Vec<Sel>)> {
     let second = r.chain.as_deref()?;
     let capture_key = |p: &Piece| matches!(p, Piece::Tx(k, _) if k == "0");
@@ -373,16 +374,26 @@ fn files_unread_keys(
     if !first_ok || !second_ok {
         return None;
     }
-    // The operator may read TX variables, but none this chain writes (TX:0, the keys).
+    // The operator may read TX variables, but none this chain writes (TX:0, the keys), and
+    // none a rule evaluated per request may have written before it: its answer per value is
+    // then the same for every request of the plan, and is remembered.
     let mut param_ok = true;
+    let mut param_keys = Keys::default();
     if let Some(p) = second.op.param_with_macros() {
         crate::waf::rules::split_macros(p, |raw| {
             if let crate::waf::rules::Raw::Macro(name) = raw {
-                param_ok &= matches!(macro_key(name), Ok(Some(k))
-                    if !k.starts_with(&prefix) && !k.bytes().all(|b| b.is_ascii_digit()));
+                match macro_key(name) {
+                    Ok(Some(k))
+                        if !k.starts_with(&prefix) && !k.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        param_keys.add(&k)
+                    }
+                    _ => param_ok = false,
+                }
             }
         });
     }
+    param_ok &= !param_keys.meets(dirty);
     let mut keys = Keys::default();
     keys.add_prefix(&prefix);
     // Readers by name or prefix, and by macro, rule it out. A reader that selects keys by
@@ -515,7 +526,9 @@ impl Plan {
                 let e = effects(r, txc);
                 let clean = !targets_removed(&t, r);
                 if clean {
-                    if let Some((p, w)) = files_unread_keys(rules, r, txc, &links, &t.colls[txc]) {
+                    if let Some((p, w)) =
+                        files_unread_keys(rules, r, txc, &links, &t.colls[txc], &dirty)
+                    {
                         unfiled[phase as usize].resize(list.len(), false);
                         unfiled[phase as usize][at] = true;
                         unfiled_prefixes.push(p);
@@ -957,6 +970,35 @@ SecRule REQUEST_HEADERS_NAMES "@rx ^.*$" "id:6,phase:2,deny,status:406,capture,t
         let Some(set) = crs() else { return };
         let plan = Arc::new(Plan::build(&set, &SETTINGS, &Exclusions::default()));
         assert_eq!(plan.unfiled_prefixes, ["header_name_"]);
+    }
+
+    #[test]
+    fn a_list_a_request_may_rewrite_keeps_the_chain_on_the_general_path() {
+        let rules = r#"
+SecAction "id:1,phase:1,pass,nolog,setvar:tx.restricted=/proxy/"
+SecRule REQUEST_URI "@beginsWith /admin" "id:7,phase:1,pass,nolog,setvar:tx.restricted=/x-other/"
+SecRule REQUEST_HEADERS_NAMES "@rx ^.*$" "id:2,phase:2,deny,status:403,capture,t:none,t:lowercase,\
+    setvar:'tx.hn_%{tx.0}=/%{tx.0}/',chain"
+    SecRule TX:/^hn_/ "@within %{tx.restricted}" "setvar:tx.score=+5"
+"#;
+        let set = Arc::new(RuleSet::parse(rules).expect("rules load"));
+        let plan = Arc::new(Plan::build(&set, &[], &Exclusions::default()));
+        assert!(
+            plan.unfiled_prefixes.is_empty(),
+            "{:?}",
+            plan.unfiled_prefixes
+        );
+        for (uri, refused) in [("/", None), ("/admin", Some((403, 2)))] {
+            let r = Req {
+                method: "GET",
+                uri,
+                headers: &[("X-Other", "1")],
+                body: "",
+            };
+            let mut planned = Transaction::new(set.clone(), Mode::On, "u1");
+            planned.follow(&plan);
+            assert_eq!(run(&mut planned, &r).refused, refused, "{uri}");
+        }
     }
 
     #[test]
