@@ -1975,21 +1975,12 @@ impl Transaction {
                     if may {
                         return;
                     }
-                    let memo = cell.map(|c| self.memo_of(c, value));
-                    let out =
-                        memo.and_then(|m| m.out(starter.memo_key(), || apply_chain(chain, value)));
-                    let owned;
-                    let v = match out {
-                        Some(out) => out.unwrap_or(value),
-                        None => {
-                            owned = apply_chain(chain, value);
-                            owned.as_deref().unwrap_or(value)
-                        }
-                    };
+                    let memo = cell.map(|c| &**self.memo_of(c, value));
+                    let (v, _) = transformed(memo, starter.memo_key(), chain, value);
                     any = true;
-                    may = filed_verdict((plan.id, starter.id), value, || verdict(v));
+                    may = filed_verdict((plan.id, starter.id), value, || verdict(&v));
                     last.clear();
-                    last.extend_from_slice(v);
+                    last.extend_from_slice(&v);
                 },
             );
         }
@@ -2062,22 +2053,17 @@ impl Transaction {
                 &mut |key, value, cell| {
                     let mut caps = Vec::new();
                     let memo = cell.map(|c| self.memo_of(c, value));
-                    let owned;
+                    let tv;
                     let hit_value = if link.multi_match {
                         self.multi_match(link, memo_slot, chain, value, memo, &mx, &mut caps)
                             .map(Cow::Owned)
                     } else {
-                        let key = link.memo_key();
-                        let out = memo.and_then(|m| m.out(key, || apply_chain(chain, value)));
-                        let v = match out {
-                            Some(out) => out.unwrap_or(value),
-                            None => {
-                                owned = apply_chain(chain, value);
-                                owned.as_deref().unwrap_or(value)
-                            }
-                        };
-                        let slot = memo_slot.filter(|_| out.is_some());
-                        let memo = memo.filter(|_| out.is_some());
+                        let memoized;
+                        (tv, memoized) =
+                            transformed(memo.map(|m| &**m), link.memo_key(), chain, value);
+                        let v: &[u8] = &tv;
+                        let slot = memo_slot.filter(|_| memoized);
+                        let memo = memo.filter(|_| memoized);
                         let known_miss =
                             slot.is_some_and(|s| memo.is_some_and(|m| m.known_miss(s)));
                         if !known_miss && link.op.matches(v, &mx, link.capture, &mut local_caps) {
@@ -2432,6 +2418,23 @@ fn filed_verdict(plan: (u64, u64), value: &[u8], compute: impl FnOnce() -> bool)
         f.map.insert(h, (plan, value.into(), may));
     });
     may
+}
+
+/// `value` after `chain`: from its memo's cell `key` when it has a memo with that key (and
+/// whether it did), else worked out now.
+fn transformed<'v>(
+    memo: Option<&'v ValueMemo>,
+    key: usize,
+    chain: &[super::transforms::Transform],
+    value: &'v [u8],
+) -> (Cow<'v, [u8]>, bool) {
+    match memo.and_then(|m| m.out(key, || apply_chain(chain, value))) {
+        Some(out) => (Cow::Borrowed(out.unwrap_or(value)), true),
+        None => (
+            apply_chain(chain, value).map_or(Cow::Borrowed(value), Cow::Owned),
+            false,
+        ),
+    }
 }
 
 /// The chain applied to `value`; `None` when nothing changes it.

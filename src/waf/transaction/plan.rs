@@ -281,7 +281,7 @@ fn quiet_logging(
         }
         reads.extend(e.all.reads);
     }
-    let before = (t.colls[txc].clone(), t.tx_digits);
+    let before = t.colls[txc].clone();
     let records = t.matches.len();
     t.run_phase(5);
     let quiet = t.matches.len() == records
@@ -289,8 +289,7 @@ fn quiet_logging(
         && t.would_block.is_none()
         && t.allow.is_none()
         && t.mode == crate::waf::rules::Mode::On;
-    let after = std::mem::replace(&mut t.colls[txc], before.0);
-    t.tx_digits = before.1;
+    let after = std::mem::replace(&mut t.colls[txc], before);
     t.reindex_tx();
     t.matches.truncate(records);
     (t.intervention, t.would_block, t.allow) = (None, None, None);
