@@ -584,6 +584,7 @@ fn main() -> ExitCode {
         Cmd::Run { config, upgrade } => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
                 .format(log_line)
+                .target(env_logger::Target::Pipe(Box::new(cong::events::LogOutput)))
                 .init();
             let cfg = match load(config) {
                 Ok(c) => c,

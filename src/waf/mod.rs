@@ -571,8 +571,12 @@ pub struct Reported {
 }
 
 /// Emits a `waf_match` event per logged rule match not reported yet, then `waf_block` or
-/// `waf_detect` for the verdict (once), and counts them.
+/// `waf_detect` for the verdict (once), and counts them; their log lines are written at once.
 pub fn report(t: &Transaction, s: &Subject, done: &mut Reported) {
+    crate::events::batch(|| report_events(t, s, done));
+}
+
+fn report_events(t: &Transaction, s: &Subject, done: &mut Reported) {
     let fresh = t.matches.get(done.matches..).unwrap_or_default();
     let verdict = !done.verdict && (t.intervention.is_some() || t.would_block.is_some());
     if fresh.is_empty() && !verdict {
