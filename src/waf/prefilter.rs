@@ -8,6 +8,7 @@
 //! the results. It must not run operators or know about actions: it only proves misses.
 
 use super::rules::{Entry, Rule};
+use super::transforms::{chain_keeps, ByteSet, Transform};
 use aho_corasick::{AhoCorasick, MatchKind};
 
 /// At most this many chains get a filter: a value memo marks the ones it went through in a
@@ -19,6 +20,9 @@ pub const MAX_FILTERS: usize = 64;
 pub struct Prefilter {
     /// The chain key (`Rule::memo_key`) whose transformed value is scanned.
     pub key: usize,
+    /// The bytes the chain leaves as they are, up to ASCII case (`Transform::keeps`): a value
+    /// made of them is scanned as it is, without working out the chain.
+    keeps: ByteSet,
     scan: Scan,
     /// The memo slots this filter decides, as (word, bits) of the memo's miss words.
     slots: Box<[(u32, u64)]>,
@@ -95,11 +99,11 @@ impl Prefilters {
     /// forms) and its operator is a phrase list or a regex with required literals.
     pub fn build(
         phases: &[Vec<Entry>],
-        chains: usize,
+        chains: &[Vec<Transform>],
         slots: u32,
         collections: usize,
     ) -> Prefilters {
-        let mut by_key: Vec<Vec<Link>> = (0..chains).map(|_| Vec::new()).collect();
+        let mut by_key: Vec<Vec<Link>> = chains.iter().map(|_| Vec::new()).collect();
         for list in phases {
             for e in list {
                 let Entry::Rule(r) = e else { continue };
@@ -111,7 +115,9 @@ impl Prefilters {
             }
         }
         // The chains with the most links first, when there are more than a word can mark.
-        let mut keys: Vec<usize> = (0..chains).filter(|&k| !by_key[k].is_empty()).collect();
+        let mut keys: Vec<usize> = (0..chains.len())
+            .filter(|&k| !by_key[k].is_empty())
+            .collect();
         keys.sort_by_key(|&k| std::cmp::Reverse(by_key[k].len()));
         keys.truncate(MAX_FILTERS);
         keys.sort_unstable();
@@ -142,6 +148,7 @@ impl Prefilters {
             }
             out.filters.push(Prefilter {
                 key,
+                keeps: chain_keeps(&chains[key]),
                 scan,
                 slots: slots.into_boxed_slice(),
             });
@@ -173,10 +180,15 @@ impl Prefilters {
     ) {
         let found = &mut vec![0u64; (self.slots as usize).div_ceil(64)][..];
         let (mut todo, mut unchanged) = (mask, 0u64);
+        let bytes = ByteSet::of(value);
         while todo != 0 {
             let n = todo.trailing_zeros() as usize;
             todo &= todo - 1;
             let Some(f) = self.filters.get(n) else { break };
+            if bytes.is_subset(f.keeps) {
+                unchanged |= 1 << n;
+                continue;
+            }
             match out(f.key) {
                 Some(None) => unchanged |= 1 << n,
                 // The scans ignore ASCII case: a chain that only changed case (`lowercase`
@@ -295,14 +307,48 @@ mod tests {
     #[test]
     fn a_chain_that_only_changed_case_is_decided_from_the_value_itself() {
         let set = load(
-            "SecRule ARGS \"@rx union\\s+select\" \"id:1,phase:2,deny,t:none,t:lowercase\"\n\
-             SecRule ARGS \"@rx <script\" \"id:2,phase:2,deny,t:none,t:lowercase\"\n",
+            "SecRule ARGS \"@rx union\\s+select\" \"id:1,phase:2,deny,t:none,t:urlDecodeUni,t:lowercase\"\n\
+             SecRule ARGS \"@rx <script\" \"id:2,phase:2,deny,t:none,t:urlDecodeUni,t:lowercase\"\n",
         );
         let run = |value: &'static [u8], out: &'static [u8]| misses_after(&set, value, Some(out));
         // Case only: what the value holds decides (rule 1's literals are there).
-        assert_eq!(run(b"1 UNION SELECT 2", b"1 union select 2").len(), 1);
+        assert_eq!(
+            run(b"1%20UNION%20SELECT 2", b"1%20union%20select 2").len(),
+            2
+        );
         assert_eq!(run(b"%3Cscript%3E", b"%3cscript%3e").len(), 2);
         // Another change: the chain's own result is scanned.
         assert_eq!(run(b"%3Cscript%3E", b"<script>").len(), 1);
+        assert_eq!(run(b"1%20UNION%20SELECT 2", b"1 union select 2").len(), 1);
+    }
+
+    #[test]
+    fn a_value_of_bytes_its_chains_keep_is_scanned_without_working_them_out() {
+        let set = load(
+            "SecRule ARGS \"@rx union\\s+select\" \"id:1,phase:2,deny,t:none,t:urlDecodeUni,t:lowercase\"\n\
+             SecRule ARGS \"@rx <script\" \"id:2,phase:2,deny,t:none,t:htmlEntityDecode\"\n",
+        );
+        let mask = (1u64 << set.prefilters.filters.len()) - 1;
+        let misses = |value: &[u8]| {
+            let mut n = 0;
+            let mut asked = 0;
+            set.prefilters.run(
+                mask,
+                value,
+                |_| {
+                    asked += 1;
+                    Some(None)
+                },
+                |_, bits| n += bits.count_ones(),
+            );
+            (n, asked)
+        };
+        // No `%`, `+` or `&`: neither chain can change it beyond case.
+        assert_eq!(misses(b"48213"), (2, 0));
+        assert_eq!(misses(b"1 UNION SELECT 2"), (1, 0));
+        assert_eq!(misses(b"Vi\xe1\xbb\x87t <Script>"), (1, 0));
+        // A byte that starts an escape: that chain is worked out.
+        assert_eq!(misses(b"a%20b"), (2, 1));
+        assert_eq!(misses(b"a&amp;b%20c"), (2, 2));
     }
 }

@@ -621,7 +621,7 @@ impl RuleSet {
         b.set.memo_widths = widths;
         b.set.prefilters = super::prefilter::Prefilters::build(
             &b.set.phases,
-            chains,
+            &b.set.chains,
             b.set.memo_slots,
             super::seclang::VARIABLES.len(),
         );

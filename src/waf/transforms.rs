@@ -213,6 +213,108 @@ impl Transform {
     }
 }
 
+/// A set of byte values, a bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    pub const ALL: ByteSet = ByteSet([u64::MAX; 4]);
+    pub const NONE: ByteSet = ByteSet([0; 4]);
+
+    /// The bytes `value` holds.
+    pub fn of(value: &[u8]) -> ByteSet {
+        let mut s = [0u64; 4];
+        for &b in value {
+            s[b as usize / 64] |= 1 << (b % 64);
+        }
+        ByteSet(s)
+    }
+
+    /// The bytes for which `keep` holds.
+    fn from_fn(keep: impl Fn(u8) -> bool) -> ByteSet {
+        let mut s = ByteSet::NONE;
+        for b in 0..=255u8 {
+            if keep(b) {
+                s.0[b as usize / 64] |= 1 << (b % 64);
+            }
+        }
+        s
+    }
+
+    pub fn contains(self, b: u8) -> bool {
+        self.0[b as usize / 64] & (1 << (b % 64)) != 0
+    }
+
+    pub fn is_subset(self, of: ByteSet) -> bool {
+        (0..4).all(|w| self.0[w] & !of.0[w] == 0)
+    }
+
+    pub fn intersection(self, other: ByteSet) -> ByteSet {
+        ByteSet([
+            self.0[0] & other.0[0],
+            self.0[1] & other.0[1],
+            self.0[2] & other.0[2],
+            self.0[3] & other.0[3],
+        ])
+    }
+}
+
+impl Transform {
+    /// The bytes that cannot make this transformation change a value beyond ASCII case: a
+    /// value made of them alone comes out equal to it, ignoring ASCII case. The set holds a
+    /// letter only with its other case, so a chain keeps the intersection of its
+    /// transformations' sets (each step leaves the bytes the same up to case). Lets a new
+    /// value skip the chains it goes through unchanged (most values are numbers, tokens and
+    /// plain words); the tests check every transformation against it.
+    pub fn keeps(self) -> ByteSet {
+        use Transform::*;
+        let changes = |b: u8| -> bool {
+            match self {
+                Lowercase | Uppercase => false,
+                UrlDecode | UrlDecodeUni => b == b'%' || b == b'+',
+                UrlEncode => !(b.is_ascii_alphanumeric() || b == b'*'),
+                HtmlEntityDecode => b == b'&',
+                JsDecode | EscapeSeqDecode => b == b'\\',
+                CssDecode => b == b'\\' || b == 0,
+                // `cmd_line_changes` with the uppercase letters left out (case only).
+                CmdLine => matches!(
+                    b,
+                    b' ' | b'"' | b'\'' | b'\\' | b'^' | b',' | b';' | b'\t' | b'\r' | b'\n'
+                ),
+                CompressWhitespace | Trim | TrimLeft | TrimRight => is_space(b),
+                RemoveWhitespace => is_space(b) || b == 0xa0 || b == 0xc2,
+                RemoveNulls | ReplaceNulls => b == 0,
+                ReplaceComments => b == b'/',
+                RemoveComments => matches!(b, b'/' | b'<' | b'-' | b'#'),
+                RemoveCommentsChar => matches!(b, b'/' | b'*' | b'<' | b'-' | b'#'),
+                NormalisePath => b == b'/' || b == b'.',
+                NormalisePathWin => b == b'/' || b == b'.' || b == b'\\',
+                Utf8ToUnicode => b >= 0x80 || b == 0,
+                ParityEven7bit => parity(b, true) != b,
+                ParityOdd7bit => parity(b, false) != b,
+                ParityZero7bit => b & 0x80 != 0,
+                Base64Decode | Base64DecodeExt | Base64Encode | HexDecode | HexEncode
+                | SqlHexDecode | Length | Sha1 | Md5 => true,
+            }
+        };
+        let other_case = |b: u8| {
+            if b.is_ascii_lowercase() {
+                b.to_ascii_uppercase()
+            } else {
+                b.to_ascii_lowercase()
+            }
+        };
+        ByteSet::from_fn(|b| !changes(b) && !changes(other_case(b)))
+    }
+}
+
+/// What `chain` keeps (see `Transform::keeps`): the intersection of its transformations' sets.
+pub fn chain_keeps(chain: &[Transform]) -> ByteSet {
+    chain
+        .iter()
+        .fold(ByteSet::ALL, |k, t| k.intersection(t.keeps()))
+}
+
 /// Runs `f` only when some byte could change the value (the common clean value is then
 /// returned borrowed, without a copy).
 fn when<'a>(
@@ -1182,6 +1284,99 @@ mod tests {
             Transform::NormalisePath.apply(b"plain"),
             Cow::Borrowed(_)
         ));
+    }
+
+    /// A deterministic stream of numbers (xorshift64).
+    fn rng(seed: u64) -> impl FnMut() -> u64 {
+        let mut x = seed | 1;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
+    /// Values of up to 24 bytes drawn from `set`.
+    fn values_of(set: ByteSet, n: usize, next: &mut impl FnMut() -> u64) -> Vec<Vec<u8>> {
+        let bytes: Vec<u8> = (0..=255u8).filter(|&b| set.contains(b)).collect();
+        if bytes.is_empty() {
+            return Vec::new();
+        }
+        (0..n)
+            .map(|_| {
+                let len = (next() % 25) as usize;
+                (0..len)
+                    .map(|_| bytes[(next() % bytes.len() as u64) as usize])
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn values_of_the_bytes_a_transformation_keeps_come_out_the_same_up_to_case() {
+        let mut next = rng(0x9e37_79b9_7f4a_7c15);
+        for &(name, t) in NAMES {
+            let keeps = t.keeps();
+            // A letter only with its other case.
+            for b in b'a'..=b'z' {
+                assert_eq!(
+                    keeps.contains(b),
+                    keeps.contains(b.to_ascii_uppercase()),
+                    "{name}"
+                );
+            }
+            for v in values_of(keeps, 3000, &mut next) {
+                let out = t.apply(&v);
+                assert!(
+                    out.eq_ignore_ascii_case(&v),
+                    "{name} changed {v:?} to {out:?}"
+                );
+            }
+        }
+        let all: Vec<Transform> = NAMES.iter().map(|&(_, t)| t).collect();
+        for _ in 0..3000 {
+            let chain: Vec<Transform> = (0..1 + next() % 4)
+                .map(|_| all[(next() % all.len() as u64) as usize])
+                .collect();
+            for v in values_of(chain_keeps(&chain), 4, &mut next) {
+                let out = chain
+                    .iter()
+                    .fold(v.clone(), |cur, t| t.apply(&cur).into_owned());
+                assert!(
+                    out.eq_ignore_ascii_case(&v),
+                    "{chain:?} changed {v:?} to {out:?}"
+                );
+            }
+        }
+        // What the sets are for: plain tokens skip the common chains; the bytes that start
+        // an encoding, an entity, a comment or a path step do not.
+        let plain = ByteSet::of(b"GA1.2.1000000123.1700000000");
+        let crs = [
+            Transform::Lowercase,
+            Transform::UrlDecodeUni,
+            Transform::HtmlEntityDecode,
+            Transform::JsDecode,
+            Transform::CssDecode,
+            Transform::RemoveNulls,
+            Transform::CmdLine,
+        ];
+        assert!(plain.is_subset(chain_keeps(&crs)));
+        assert!(ByteSet::of(b"48213").is_subset(chain_keeps(&[Transform::NormalisePath])));
+        assert!(!plain.is_subset(chain_keeps(&[Transform::NormalisePath])));
+        for (t, b) in [
+            (Transform::UrlDecodeUni, b'%'),
+            (Transform::UrlDecode, b'+'),
+            (Transform::HtmlEntityDecode, b'&'),
+            (Transform::JsDecode, b'\\'),
+            (Transform::ReplaceComments, b'/'),
+            (Transform::CmdLine, b' '),
+            (Transform::Utf8ToUnicode, 0xc3),
+        ] {
+            assert!(!t.keeps().contains(b), "{t:?} {b}");
+        }
+        assert_eq!(Transform::Length.keeps(), ByteSet::NONE);
+        assert_eq!(chain_keeps(&[]), ByteSet::ALL);
     }
 
     #[test]
