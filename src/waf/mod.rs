@@ -583,6 +583,9 @@ fn report_events(t: &Transaction, s: &Subject, done: &mut Reported) {
         return;
     }
     done.matches = t.matches.len();
+    // Written into every event: formatted once (an address's `Display` is slow).
+    let client_ip = s.client_ip.to_string();
+    let client_ip = client_ip.as_str();
     let m = crate::metrics::get();
     let score = anomaly_score(t);
     for x in fresh {
@@ -605,7 +608,7 @@ fn report_events(t: &Transaction, s: &Subject, done: &mut Reported) {
                 .field("score", score)
                 .field("phase", x.phase)
                 .field("paranoia", s.paranoia)
-                .field("client_ip", s.client_ip)
+                .field("client_ip", client_ip)
                 .field("request_id", s.request_id),
         );
     }
@@ -631,7 +634,7 @@ fn report_events(t: &Transaction, s: &Subject, done: &mut Reported) {
                 .field("status", i.status)
                 .field("phase", t.phase_done())
                 .field("reason", reason)
-                .field("client_ip", s.client_ip)
+                .field("client_ip", client_ip)
                 .field("request_id", s.request_id),
         );
     } else if let Some(id) = t.would_block {
@@ -644,7 +647,7 @@ fn report_events(t: &Transaction, s: &Subject, done: &mut Reported) {
                 .field("score", score)
                 .field("phase", t.phase_done())
                 .field("reason", reason)
-                .field("client_ip", s.client_ip)
+                .field("client_ip", client_ip)
                 .field("request_id", s.request_id),
         );
     }
