@@ -23,8 +23,10 @@ const SHARED_VALUE_MAX: usize = 1024;
 /// and a value found in the old one moves to the current one. Starting over from nothing
 /// instead made every browser header and cookie name new again every few hundred requests
 /// (each new argument value, URL and session cookie adds ~1 KiB), which cost the requests
-/// after it a full evaluation.
-const THREAD_BUDGET: usize = 8 << 20;
+/// after it a full evaluation. Bigger is slower: values that recur are read on every request,
+/// and a table that outgrows a core's second-level cache spreads them among values seen once
+/// (8 MiB cost the bench mix ~3 µs a request more than 2 MiB; 512 KiB was no faster).
+const THREAD_BUDGET: usize = 2 << 20;
 
 /// A value's result under one transformation chain: `None` inside when it is unchanged.
 type ChainOut = OnceLock<Option<Box<[u8]>>>;
