@@ -7,7 +7,9 @@
 # warm-up of wrk with the mix, instrumentation on (`callgrind_control -i on`), $SECONDS_RUN s
 # of `wrk -t1 -c4` with the mix, instrumentation off. Prints instructions per request of each
 # and their ratio. CACHE_SIM=1 adds valgrind's cache simulation and prints first-level data
-# and instruction misses and last-level misses per request (slower). The callgrind files stay
+# and instruction misses and last-level misses per request (slower); CACHE_LL=SIZE,ASSOC,LINE
+# sets the simulated last level (valgrind's --LL; e.g. 2097152,16,64 for a 2 MiB second-level
+# cache instead of the host's last level). The callgrind files stay
 # in the printed directory for callgrind_annotate.
 #
 # Usage: benches/waf-instructions.sh   (after cargo build --release; needs valgrind)
@@ -23,7 +25,7 @@ D="$(sed -n 's/^(scratch directory kept: \(.*\))$/\1/p' <<<"$out")"
 nginx -c "$D/origin/nginx.conf" -p "$D/origin" >/dev/null 2>&1
 trap 'kill "$(cat "$D/origin/nginx.pid")" 2>/dev/null || true; [[ -n "${VP:-}" ]] && kill "$VP" 2>/dev/null || true' EXIT
 extra=()
-[[ "${CACHE_SIM:-0}" == 1 ]] && extra=(--cache-sim=yes)
+[[ "${CACHE_SIM:-0}" == 1 ]] && extra=(--cache-sim=yes ${CACHE_LL:+--LL=$CACHE_LL})
 declare -A per
 for n in cong-waf cong; do
     port="$(grep -A1 '^\[\[listen\]\]' "$D/$n/cong.toml" | sed -n 's/.*:\([0-9]*\)"$/\1/p')"
