@@ -133,21 +133,13 @@ impl Transform {
                 |b| b.is_ascii_lowercase(),
                 |b| b.to_ascii_uppercase(),
             ),
-            UrlDecode => when(input, |b| b == b'%' || b == b'+', || url_decode(input)),
-            UrlDecodeUni => when(
-                input,
-                |b| b == b'%' || b == b'+',
-                || url_decode_uni(input, true),
-            ),
-            UrlEncode => when(
-                input,
-                |b| !(b.is_ascii_alphanumeric() || b == b'*'),
-                || url_encode(input),
-            ),
-            HtmlEntityDecode => when(input, |b| b == b'&', || html_entity_decode(input)),
-            JsDecode => when(input, |b| b == b'\\', || js_decode(input)),
-            CssDecode => when(input, |b| b == b'\\' || b == 0, || css_decode(input)),
-            EscapeSeqDecode => when(input, |b| b == b'\\', || escape_seq_decode(input)),
+            UrlDecode => when(input, hits::url, || url_decode(input)),
+            UrlDecodeUni => when(input, hits::url, || url_decode_uni(input, true)),
+            UrlEncode => when(input, hits::url_encode, || url_encode(input)),
+            HtmlEntityDecode => when(input, hits::entity, || html_entity_decode(input)),
+            JsDecode => when(input, hits::backslash, || js_decode(input)),
+            CssDecode => when(input, hits::css, || css_decode(input)),
+            EscapeSeqDecode => when(input, hits::backslash, || escape_seq_decode(input)),
             CmdLine => {
                 if cmd_line_changes(input) {
                     Cow::Owned(cmd_line(input))
@@ -165,30 +157,14 @@ impl Transform {
                     Cow::Borrowed(input)
                 }
             }
-            RemoveWhitespace => filter(input, |b| !(is_space(b) || b == 0xa0 || b == 0xc2)),
+            RemoveWhitespace => filter(input, |b| !hits::white(b)),
             RemoveNulls => filter(input, |b| b != 0),
             ReplaceNulls => map_if(input, |b| b == 0, |b| if b == 0 { b' ' } else { b }),
-            ReplaceComments => when(input, |b| b == b'/', || replace_comments(input)),
-            RemoveComments => when(
-                input,
-                |b| matches!(b, b'/' | b'<' | b'-' | b'#'),
-                || remove_comments(input),
-            ),
-            RemoveCommentsChar => when(
-                input,
-                |b| matches!(b, b'/' | b'*' | b'<' | b'-' | b'#'),
-                || remove_comments_char(input),
-            ),
-            NormalisePath => when(
-                input,
-                |b| b == b'/' || b == b'.',
-                || normalise_path(input, false),
-            ),
-            NormalisePathWin => when(
-                input,
-                |b| b == b'/' || b == b'.' || b == b'\\',
-                || normalise_path(input, true),
-            ),
+            ReplaceComments => when(input, hits::slash, || replace_comments(input)),
+            RemoveComments => when(input, hits::comments, || remove_comments(input)),
+            RemoveCommentsChar => when(input, hits::comments_char, || remove_comments_char(input)),
+            NormalisePath => when(input, hits::path, || normalise_path(input, false)),
+            NormalisePathWin => when(input, hits::path_win, || normalise_path(input, true)),
             Base64Decode => Cow::Owned(base64_decode(input)),
             Base64DecodeExt => Cow::Owned(base64_decode_ext(input)),
             Base64Encode => Cow::Owned(base64_encode(input)),
@@ -196,7 +172,7 @@ impl Transform {
             HexEncode => Cow::Owned(hex_encode(input)),
             SqlHexDecode => Cow::Owned(sql_hex_decode(input)),
             Length => Cow::Owned(input.len().to_string().into_bytes()),
-            Utf8ToUnicode => when(input, |b| b >= 0x80 || b == 0, || utf8_to_unicode(input)),
+            Utf8ToUnicode => when(input, hits::utf8, || utf8_to_unicode(input)),
             Sha1 => Cow::Owned(
                 ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, input)
                     .as_ref()
@@ -271,25 +247,25 @@ impl Transform {
         let changes = |b: u8| -> bool {
             match self {
                 Lowercase | Uppercase => false,
-                UrlDecode | UrlDecodeUni => b == b'%' || b == b'+',
-                UrlEncode => !(b.is_ascii_alphanumeric() || b == b'*'),
-                HtmlEntityDecode => b == b'&',
-                JsDecode | EscapeSeqDecode => b == b'\\',
-                CssDecode => b == b'\\' || b == 0,
+                UrlDecode | UrlDecodeUni => hits::url(b),
+                UrlEncode => hits::url_encode(b),
+                HtmlEntityDecode => hits::entity(b),
+                JsDecode | EscapeSeqDecode => hits::backslash(b),
+                CssDecode => hits::css(b),
                 // `cmd_line_changes` with the uppercase letters left out (case only).
                 CmdLine => matches!(
                     b,
                     b' ' | b'"' | b'\'' | b'\\' | b'^' | b',' | b';' | b'\t' | b'\r' | b'\n'
                 ),
                 CompressWhitespace | Trim | TrimLeft | TrimRight => is_space(b),
-                RemoveWhitespace => is_space(b) || b == 0xa0 || b == 0xc2,
+                RemoveWhitespace => hits::white(b),
                 RemoveNulls | ReplaceNulls => b == 0,
-                ReplaceComments => b == b'/',
-                RemoveComments => matches!(b, b'/' | b'<' | b'-' | b'#'),
-                RemoveCommentsChar => matches!(b, b'/' | b'*' | b'<' | b'-' | b'#'),
-                NormalisePath => b == b'/' || b == b'.',
-                NormalisePathWin => b == b'/' || b == b'.' || b == b'\\',
-                Utf8ToUnicode => b >= 0x80 || b == 0,
+                ReplaceComments => hits::slash(b),
+                RemoveComments => hits::comments(b),
+                RemoveCommentsChar => hits::comments_char(b),
+                NormalisePath => hits::path(b),
+                NormalisePathWin => hits::path_win(b),
+                Utf8ToUnicode => hits::utf8(b),
                 ParityEven7bit => parity(b, true) != b,
                 ParityOdd7bit => parity(b, false) != b,
                 ParityZero7bit => b & 0x80 != 0,
@@ -313,6 +289,60 @@ pub fn chain_keeps(chain: &[Transform]) -> ByteSet {
     chain
         .iter()
         .fold(ByteSet::ALL, |k, t| k.intersection(t.keeps()))
+}
+
+/// The bytes that can make a transformation change a value: without one of them it returns
+/// the value as it is. `apply` skips the work on them and `Transform::keeps` builds its sets
+/// from them, so the two cannot disagree.
+mod hits {
+    pub fn url(b: u8) -> bool {
+        b == b'%' || b == b'+'
+    }
+
+    pub fn url_encode(b: u8) -> bool {
+        !(b.is_ascii_alphanumeric() || b == b'*')
+    }
+
+    pub fn entity(b: u8) -> bool {
+        b == b'&'
+    }
+
+    pub fn backslash(b: u8) -> bool {
+        b == b'\\'
+    }
+
+    pub fn css(b: u8) -> bool {
+        b == b'\\' || b == 0
+    }
+
+    /// `removeWhitespace` also drops NBSP (0xA0, and 0xC2 leading it in UTF-8).
+    pub fn white(b: u8) -> bool {
+        super::is_space(b) || b == 0xa0 || b == 0xc2
+    }
+
+    pub fn slash(b: u8) -> bool {
+        b == b'/'
+    }
+
+    pub fn comments(b: u8) -> bool {
+        matches!(b, b'/' | b'<' | b'-' | b'#')
+    }
+
+    pub fn comments_char(b: u8) -> bool {
+        matches!(b, b'/' | b'*' | b'<' | b'-' | b'#')
+    }
+
+    pub fn path(b: u8) -> bool {
+        b == b'/' || b == b'.'
+    }
+
+    pub fn path_win(b: u8) -> bool {
+        b == b'/' || b == b'.' || b == b'\\'
+    }
+
+    pub fn utf8(b: u8) -> bool {
+        b >= 0x80 || b == 0
+    }
 }
 
 /// Runs `f` only when some byte could change the value (the common clean value is then
