@@ -14,10 +14,10 @@ use super::rules::{
 };
 use super::seclang::VARIABLES;
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::time::Instant;
 
 /// Matched data is cut to this many bytes in match records.
@@ -114,7 +114,7 @@ pub struct Transaction {
     /// AND of their miss bits). A link whose bit is set there cannot match that target,
     /// whatever its selector and exclusions keep, so it is passed over without visiting the
     /// values one by one.
-    all_miss: Vec<OnceLock<Box<[u64]>>>,
+    all_miss: Vec<OnceCell<Box<[u64]>>>,
     /// The same per target set (`RuleSet::hot_sets`), `words` u64s each from
     /// `set_miss[set * words]`, each made when a rule first needs it in a phase (`set_ready`,
     /// one per word).
@@ -411,7 +411,7 @@ struct Buffers {
     found: Hits,
     vmemo: Vec<Vec<MemoCell>>,
     kmemo: Vec<Vec<MemoCell>>,
-    all_miss: Vec<OnceLock<Box<[u64]>>>,
+    all_miss: Vec<OnceCell<Box<[u64]>>>,
     set_miss: Vec<u64>,
     set_ready: Vec<bool>,
     tx_index: TxIndex,
@@ -518,7 +518,7 @@ fn digit_bit(key: &str) -> u16 {
 }
 
 /// Where a stored value's memo is kept once a rule needs it.
-type MemoCell = OnceLock<Arc<ValueMemo>>;
+type MemoCell = OnceCell<Arc<ValueMemo>>;
 
 /// Receives each value a target resolves to: key, value, and the value's memo cell when it
 /// has one.
@@ -924,7 +924,7 @@ impl Transaction {
         }
         for &d in std::iter::once(&c).chain(&ix().unions[c]) {
             if let Some(w) = self.all_miss.get_mut(d) {
-                *w = OnceLock::new();
+                *w = OnceCell::new();
             }
         }
         self.set_ready.fill(false);
@@ -1528,7 +1528,7 @@ impl Transaction {
         // Before the selector and exclusions: most values are known misses.
         let passed_over = |cell: Option<&MemoCell>| {
             known_miss.is_some_and(|slot| {
-                cell.and_then(OnceLock::get)
+                cell.and_then(OnceCell::get)
                     .is_some_and(|m| m.known_miss(slot))
             })
         };
@@ -1691,35 +1691,42 @@ impl Transaction {
         let w = slot as usize / 64;
         let at = set * words + w;
         if !self.set_ready[at] {
-            let rules = Arc::clone(&self.rules);
+            // The words are filled outside `self`, so that the rules are read through a plain
+            // borrow: an `Arc` clone here (an atomic add and subtract) ran ~60 times a request.
+            let mut ready = std::mem::take(&mut self.set_ready);
+            let mut miss = std::mem::take(&mut self.set_miss);
+            let this = &*self;
+            let rules = &*this.rules;
             let mut and = u64::MAX;
             for t in rules.hot_sets[set].iter() {
                 let c = t.coll as usize;
                 and &= match &t.key {
-                    Some(key) => self.key_miss(c, key, w),
+                    Some(key) => this.key_miss(c, key, w),
                     None if t.except > 0 => {
                         // Made once a phase per (collection, keys left out), after the sets.
                         let ex = (rules.hot_sets.len() + t.except as usize - 1) * words + w;
-                        if !self.set_ready[ex] {
+                        if !ready[ex] {
                             let except = &rules.hot_excepts[t.except as usize - 1].1;
                             // Only when a value is left out: else the collection's words
                             // (made once a phase) are the same.
-                            self.set_miss[ex] = match self.coll_miss(c) {
-                                Some(ws) if !self.excepts_any(c, except) => ws[w],
-                                _ => self.except_miss(c, except, w),
+                            miss[ex] = match this.coll_miss(c) {
+                                Some(ws) if !this.excepts_any(c, except) => ws[w],
+                                _ => this.except_miss(c, except, w),
                             };
-                            self.set_ready[ex] = true;
+                            ready[ex] = true;
                         }
-                        self.set_miss[ex]
+                        miss[ex]
                     }
-                    None => self.coll_miss(c).map_or(0, |ws| ws[w]),
+                    None => this.coll_miss(c).map_or(0, |ws| ws[w]),
                 };
                 if and == 0 {
                     break;
                 }
             }
-            self.set_miss[at] = and;
-            self.set_ready[at] = true;
+            miss[at] = and;
+            ready[at] = true;
+            self.set_ready = ready;
+            self.set_miss = miss;
         }
         self.set_miss[at] & (1 << (slot % 64)) != 0
     }
@@ -2161,7 +2168,7 @@ impl Transaction {
         self.kmemo.resize_with(self.colls.len(), Vec::new);
         // Kept from the last phase for collections that did not change (the misses a value
         // is known for only grow, so the words stay true).
-        self.all_miss.resize_with(self.colls.len(), OnceLock::new);
+        self.all_miss.resize_with(self.colls.len(), OnceCell::new);
         let words = (self.rules.memo_slots as usize).div_ceil(64);
         self.set_ready.clear();
         // The sets' words, then those of the targets' excluded keys (`hot_excepts`).
@@ -2174,8 +2181,8 @@ impl Transaction {
             touched &= touched - 1;
             let len = self.colls[c].len();
             if i.stable[c] && !i.computed[c] && self.vmemo[c].len() != len {
-                self.vmemo[c].resize_with(len, OnceLock::new);
-                self.kmemo[c].resize_with(len, OnceLock::new);
+                self.vmemo[c].resize_with(len, OnceCell::new);
+                self.kmemo[c].resize_with(len, OnceCell::new);
                 self.forget_misses(c);
             }
         }
