@@ -6,15 +6,16 @@
 //! compared in full, never trusted by hash alone) in a per-thread table bounded in bytes (two
 //! generations, so that values that recur outlive the flow of values seen once); a
 //! transaction keeps the memo of each stored value next to it, so rules reach it without a
-//! lookup. Only "does not match" is remembered: a match is evaluated again, so captures and
-//! matched data come from a real run. It must not know about rule actions or collections: the
-//! transaction decides which values and links qualify.
+//! lookup. "Does not match" is remembered as a bit per link; "matches" as the captures the
+//! operator made, in a short list (few values match anything: attacks, which scanners send
+//! again and again). It must not know about rule actions or collections: the transaction
+//! decides which values and links qualify.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Longer values are remembered within their request only (long values rarely repeat).
 const SHARED_VALUE_MAX: usize = 1024;
@@ -31,6 +32,11 @@ const THREAD_BUDGET: usize = 2 << 20;
 /// A value's result under one transformation chain: `None` inside when it is unchanged.
 type ChainOut = OnceLock<Option<Box<[u8]>>>;
 
+/// Matches remembered per value at most: an attack value matches a few dozen links.
+const HITS_MAX: usize = 64;
+/// Captures longer than this (in all) are not remembered: such a match runs again.
+const HIT_CAPS_MAX: usize = 4096;
+
 /// Everything remembered about one value, in two allocations (rules touch it hundreds of
 /// times a request; scattered pieces would each cost a cache miss).
 pub struct ValueMemo {
@@ -44,6 +50,11 @@ pub struct ValueMemo {
     miss: Box<[AtomicU64]>,
     /// One bit per pre-filter (`prefilter::Prefilters::filters`) this value went through.
     filtered: AtomicU64,
+    /// Links that match this value: (memo slot, the captures their operator made).
+    hits: Mutex<Vec<(u32, Vec<Vec<u8>>)>>,
+    /// Bit `slot % 64` set for every slot in `hits`: most values have none, and the bit
+    /// spares them the lock.
+    hit_bits: AtomicU64,
 }
 
 impl ValueMemo {
@@ -54,6 +65,8 @@ impl ValueMemo {
             outs: (0..keys).map(|_| OnceLock::new()).collect(),
             miss: (0..slots.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             filtered: AtomicU64::new(0),
+            hits: Mutex::new(Vec::new()),
+            hit_bits: AtomicU64::new(0),
         }
     }
 
@@ -104,6 +117,33 @@ impl ValueMemo {
         if let Some(m) = self.miss.get(w) {
             m.store(m.load(Ordering::Relaxed) | bits, Ordering::Relaxed);
         }
+    }
+
+    /// The captures of link `slot` when it is known to match this value (empty when that link
+    /// does not capture).
+    pub fn known_hit(&self, slot: u32) -> Option<Vec<Vec<u8>>> {
+        if self.hit_bits.load(Ordering::Relaxed) & (1 << (slot % 64)) == 0 {
+            return None;
+        }
+        let hits = self.hits.lock().ok()?;
+        hits.iter().find(|h| h.0 == slot).map(|h| h.1.clone())
+    }
+
+    /// Remembers that link `slot` matches this value, with the captures its operator made.
+    pub fn set_hit(&self, slot: u32, caps: &[Vec<u8>]) {
+        let size: usize = caps.iter().map(Vec::len).sum();
+        if size > HIT_CAPS_MAX {
+            return;
+        }
+        let Ok(mut hits) = self.hits.lock() else {
+            return;
+        };
+        if hits.len() >= HITS_MAX || hits.iter().any(|h| h.0 == slot) {
+            return;
+        }
+        hits.push((slot, caps.to_vec()));
+        BYTES.with(|b| b.set(b.get() + size + 32));
+        self.hit_bits.fetch_or(1 << (slot % 64), Ordering::Relaxed);
     }
 
     /// The pre-filters this value went through (their misses are in its slots).
@@ -221,6 +261,27 @@ mod tests {
         }
         assert!(value(11, 4, 70, recurring).known_miss(3));
         assert!(!value(11, 4, 70, b"seen once").known_miss(3));
+    }
+
+    #[test]
+    fn matches_are_remembered_with_their_captures_within_bounds() {
+        let m = value(12, 2, 70, b"1' or 1=1--");
+        assert_eq!(m.known_hit(5), None);
+        m.set_hit(5, &[b"or 1=1".to_vec()]);
+        m.set_hit(69, &[]);
+        let m2 = value(12, 2, 70, b"1' or 1=1--");
+        assert_eq!(m2.known_hit(5), Some(vec![b"or 1=1".to_vec()]));
+        assert_eq!(m2.known_hit(69), Some(vec![]));
+        // Slot 5 + 128 shares slot 5's bit, not its entry.
+        assert_eq!(m2.known_hit(133), None);
+        assert_eq!(m2.known_hit(6), None);
+        // Captures over the bound are not kept; nor are hits past the count bound.
+        m2.set_hit(7, &[vec![b'x'; HIT_CAPS_MAX + 1]]);
+        assert_eq!(m2.known_hit(7), None);
+        for s in 0..(HITS_MAX as u32 + 10) {
+            m2.set_hit(100 + s, &[]);
+        }
+        assert_eq!(m2.known_hit(100 + HITS_MAX as u32 + 5), None);
     }
 
     #[test]

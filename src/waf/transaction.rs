@@ -2073,7 +2073,30 @@ impl Transaction {
                         let memo = memo.filter(|_| memoized);
                         let known_miss =
                             slot.is_some_and(|s| memo.is_some_and(|m| m.known_miss(s)));
-                        if !known_miss && link.op.matches(v, &mx, link.capture, &mut local_caps) {
+                        // A value this (pure) link matched before matches again, with the
+                        // same captures: the operator does not run again.
+                        let known_hit = if known_miss {
+                            None
+                        } else {
+                            slot.zip(memo).and_then(|(s, m)| m.known_hit(s))
+                        };
+                        let hit = match known_hit {
+                            Some(c) => {
+                                local_caps = c;
+                                true
+                            }
+                            None => {
+                                !known_miss && {
+                                    let hit =
+                                        link.op.matches(v, &mx, link.capture, &mut local_caps);
+                                    if let (true, Some(s), Some(m)) = (hit, slot, memo) {
+                                        m.set_hit(s, if link.capture { &local_caps } else { &[] });
+                                    }
+                                    hit
+                                }
+                            }
+                        };
+                        if hit {
                             if link.capture {
                                 caps = std::mem::take(&mut local_caps);
                             }
@@ -2536,6 +2559,44 @@ mod tests {
         second.add_header("X-Json", b"yes");
         let refused = get(&mut second, "/").expect("rule 3 refuses");
         assert_eq!(refused.rule_id, 3);
+    }
+
+    #[test]
+    fn a_remembered_match_gives_the_same_data_and_captures() {
+        let set = Arc::new(
+            RuleSet::parse(
+                "SecRule ARGS:q \"@rx (a+)(b)\" \"id:1,phase:2,pass,log,capture,\
+                 t:lowercase,msg:'m',logdata:'%{TX.1}-%{TX.2} in %{MATCHED_VAR}',\
+                 setvar:tx.cap=%{TX.0}\"\n",
+            )
+            .expect("rules load"),
+        );
+        let slot = match &set.phases[2][0] {
+            Entry::Rule(r) => r.memo_slot.expect("a pure operator has a memo slot"),
+            Entry::Marker(_) => panic!("rule expected"),
+        };
+        let run = |id: &str| {
+            let mut t = Transaction::new(set.clone(), Mode::On, id);
+            assert!(get(&mut t, "/?q=xAAB&other=1").is_none());
+            let m = t.matches.first().expect("rule 1 matches").clone();
+            (m.data, m.var, t.tx("cap").map(<[u8]>::to_vec))
+        };
+        let first = run("t1");
+        assert_eq!(first.0, "aa-b in xaab");
+        assert_eq!(first.1, "ARGS:q");
+        assert_eq!(first.2.as_deref(), Some(&b"aab"[..]));
+        // The value's memo now knows the match and its captures.
+        let memo = memo::value(set.id, set.memo_widths.len(), set.memo_slots, b"xAAB");
+        assert_eq!(
+            memo.known_hit(slot),
+            Some(vec![b"aab".to_vec(), b"aa".to_vec(), b"b".to_vec()])
+        );
+        assert_eq!(
+            memo::value(set.id, set.memo_widths.len(), set.memo_slots, b"1").known_hit(slot),
+            None
+        );
+        // The next request with the value gets the same verdict, data and captures.
+        assert_eq!(run("t2"), first);
     }
 
     #[test]
