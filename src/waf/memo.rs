@@ -41,7 +41,9 @@ const HIT_CAPS_MAX: usize = 4096;
 /// times a request; scattered pieces would each cost a cache miss).
 pub struct ValueMemo {
     set: u64,
+    /// The value's bytes when the memo is in the thread's table (else empty).
     raw: Box<[u8]>,
+    shared: bool,
     /// Per chain key (see `RuleSet::memo_widths`): the chain's result, `None` when it leaves
     /// the value unchanged (for a `multiMatch` key, the encoded intermediate results); made
     /// when a rule first needs it.
@@ -62,12 +64,19 @@ impl ValueMemo {
         ValueMemo {
             set,
             raw: if shared { raw.into() } else { Box::default() },
+            shared,
             outs: (0..keys).map(|_| OnceLock::new()).collect(),
             miss: (0..slots.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             filtered: AtomicU64::new(0),
             hits: Mutex::new(Vec::new()),
             hit_bits: AtomicU64::new(0),
         }
+    }
+
+    /// Whether this is the memo of `raw` under rule set `set` (a memo kept for one request
+    /// only, of a long value, is nobody else's).
+    pub fn is(&self, set: u64, raw: &[u8]) -> bool {
+        self.set == set && self.shared && *self.raw == *raw
     }
 
     /// The result of chain key `key`: `compute` gives it the first time, `None` when the
