@@ -37,39 +37,54 @@ const HITS_MAX: usize = 64;
 /// Captures longer than this (in all) are not remembered: such a match runs again.
 const HIT_CAPS_MAX: usize = 4096;
 
-/// Everything remembered about one value, in two allocations (rules touch it hundreds of
-/// times a request; scattered pieces would each cost a cache miss).
+/// Miss words kept inside the memo itself: the CRS has ~13 (~800 memo slots). A rule set
+/// with more keeps the rest in a separate allocation.
+const INLINE_WORDS: usize = 16;
+
+/// Everything remembered about one value. What every request reads of a value it has seen
+/// (the rule set, the pre-filter bits, the miss words) comes first and in one piece: each
+/// request reads them for dozens of values, and a separate allocation for the words cost a
+/// cache miss more per value.
+#[repr(C)]
 pub struct ValueMemo {
     set: u64,
+    /// One bit per pre-filter (`prefilter::Prefilters::filters`) this value went through.
+    filtered: AtomicU64,
+    /// Bit `slot % 64` set for every slot in `hits`: most values have none, and the bit
+    /// spares them the lock.
+    hit_bits: AtomicU64,
+    /// Miss words in all (`miss`, then `miss_rest`).
+    words: u32,
+    shared: bool,
     /// The value's bytes when the memo is in the thread's table (else empty).
     raw: Box<[u8]>,
-    shared: bool,
+    /// One bit per memo slot (`Rule::memo_slot`): set when that link does not match.
+    miss: [AtomicU64; INLINE_WORDS],
+    miss_rest: Box<[AtomicU64]>,
     /// Per chain key (see `RuleSet::memo_widths`): the chain's result, `None` when it leaves
     /// the value unchanged (for a `multiMatch` key, the encoded intermediate results); made
     /// when a rule first needs it.
     outs: Box<[ChainOut]>,
-    /// One bit per memo slot (`Rule::memo_slot`): set when that link does not match.
-    miss: Box<[AtomicU64]>,
-    /// One bit per pre-filter (`prefilter::Prefilters::filters`) this value went through.
-    filtered: AtomicU64,
     /// Links that match this value: (memo slot, the captures their operator made).
     hits: Mutex<Vec<(u32, Vec<Vec<u8>>)>>,
-    /// Bit `slot % 64` set for every slot in `hits`: most values have none, and the bit
-    /// spares them the lock.
-    hit_bits: AtomicU64,
 }
 
 impl ValueMemo {
     fn new(set: u64, keys: usize, slots: u32, raw: &[u8], shared: bool) -> ValueMemo {
+        let words = slots.div_ceil(64);
         ValueMemo {
             set,
-            raw: if shared { raw.into() } else { Box::default() },
-            shared,
-            outs: (0..keys).map(|_| OnceLock::new()).collect(),
-            miss: (0..slots.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             filtered: AtomicU64::new(0),
-            hits: Mutex::new(Vec::new()),
             hit_bits: AtomicU64::new(0),
+            words,
+            shared,
+            raw: if shared { raw.into() } else { Box::default() },
+            miss: std::array::from_fn(|_| AtomicU64::new(0)),
+            miss_rest: (INLINE_WORDS..words as usize)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            outs: (0..keys).map(|_| OnceLock::new()).collect(),
+            hits: Mutex::new(Vec::new()),
         }
     }
 
@@ -97,9 +112,19 @@ impl ValueMemo {
         )
     }
 
+    /// Miss word `w` (none past the rule set's).
+    fn miss_cell(&self, w: usize) -> Option<&AtomicU64> {
+        if w >= self.words as usize {
+            return None;
+        }
+        match self.miss.get(w) {
+            Some(m) => Some(m),
+            None => self.miss_rest.get(w - INLINE_WORDS),
+        }
+    }
+
     pub fn known_miss(&self, slot: u32) -> bool {
-        self.miss
-            .get(slot as usize / 64)
+        self.miss_cell(slot as usize / 64)
             .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (slot % 64)) != 0)
     }
 
@@ -112,7 +137,7 @@ impl ValueMemo {
 
     /// The slots of miss word `w` this value is known to miss (none past the end).
     pub fn miss_word(&self, w: usize) -> u64 {
-        self.miss.get(w).map_or(0, |m| m.load(Ordering::Relaxed))
+        self.miss_cell(w).map_or(0, |m| m.load(Ordering::Relaxed))
     }
 
     /// Load and store, not an atomic or: a bit lost to a racing writer only means that link
@@ -123,7 +148,7 @@ impl ValueMemo {
 
     /// Sets the slots `bits` of miss word `w`.
     pub fn set_miss_bits(&self, w: usize, bits: u64) {
-        if let Some(m) = self.miss.get(w) {
+        if let Some(m) = self.miss_cell(w) {
             m.store(m.load(Ordering::Relaxed) | bits, Ordering::Relaxed);
         }
     }
@@ -173,7 +198,11 @@ impl ValueMemo {
             .iter()
             .filter_map(|o| o.get()?.as_ref().map(|o| o.len()))
             .sum();
-        self.raw.len() + outs + self.outs.len() * 24 + self.miss.len() * 8 + 64
+        self.raw.len()
+            + outs
+            + self.outs.len() * 24
+            + INLINE_WORDS.max(self.words as usize) * 8
+            + 64
     }
 }
 
@@ -291,6 +320,31 @@ mod tests {
             m2.set_hit(100 + s, &[]);
         }
         assert_eq!(m2.known_hit(100 + HITS_MAX as u32 + 5), None);
+    }
+
+    #[test]
+    fn miss_words_past_the_inline_ones_are_kept_too() {
+        let slots = 64 * (INLINE_WORDS as u32 + 4);
+        let m = value(13, 1, slots, b"many slots");
+        for slot in [
+            0,
+            64 * INLINE_WORDS as u32 - 1,
+            64 * INLINE_WORDS as u32,
+            slots - 1,
+        ] {
+            assert!(!m.known_miss(slot));
+            m.set_miss(slot);
+            assert!(m.known_miss(slot), "slot {slot}");
+        }
+        assert_eq!(m.miss_word(INLINE_WORDS), 1);
+        assert_eq!(m.miss_word(INLINE_WORDS + 3), 1 << 63);
+        // Past the rule set's slots nothing is kept, and nothing is known.
+        m.set_miss(slots);
+        assert!(!m.known_miss(slots));
+        let small = value(13, 1, 70, b"few slots");
+        small.set_miss(200);
+        assert!(!small.known_miss(200));
+        assert_eq!(small.miss_word(3), 0);
     }
 
     #[test]
