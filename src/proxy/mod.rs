@@ -74,7 +74,7 @@ pub struct Ctx {
     cache: crate::cache::ReqState,
     /// The WAF transaction while phase 2 waits for the request body, and the body held back
     /// until it has been inspected.
-    waf: Option<crate::waf::Exclusive<Box<crate::waf::Transaction>>>,
+    waf: crate::waf::Exclusive<Option<Box<crate::waf::Transaction>>>,
     waf_held: Vec<bytes::Bytes>,
     waf_held_bytes: usize,
     /// The body was read, counted and inspected in request_filter (see `prefetchable`).
@@ -87,7 +87,7 @@ pub struct Ctx {
     waf_reported: crate::waf::Reported,
     /// The transaction after the request phases, for the response phases (tenants with
     /// `inspect_response`), and the page that replaces a response they refused.
-    waf_resp: Option<crate::waf::Exclusive<Box<crate::waf::response::ResponseScan>>>,
+    waf_resp: crate::waf::Exclusive<Option<Box<crate::waf::response::ResponseScan>>>,
     waf_resp_page: Option<bytes::Bytes>,
     waf_resp_refused: bool,
     /// The connection closes after this response (its page says so on HTTP/1).
@@ -176,7 +176,7 @@ impl ProxyHttp for Proxy {
             body_bytes: 0,
             body_limit: None,
             cache: Default::default(),
-            waf: None,
+            waf: crate::waf::Exclusive::new(None),
             waf_held: Vec::new(),
             waf_held_bytes: 0,
             body_prefetched: false,
@@ -184,7 +184,7 @@ impl ProxyHttp for Proxy {
             waf_score: None,
             waf_rules: Vec::new(),
             waf_reported: Default::default(),
-            waf_resp: None,
+            waf_resp: crate::waf::Exclusive::new(None),
             waf_resp_page: None,
             waf_resp_refused: false,
             closing: false,
@@ -400,7 +400,7 @@ impl ProxyHttp for Proxy {
                     && t.wants_body()
                 {
                     if !prefetchable(req, announced, t.inspect_limit()) {
-                        ctx.waf = Some(crate::waf::Exclusive::new(Box::new(t)));
+                        *ctx.waf.get_mut() = Some(Box::new(t));
                     } else {
                         // A small body with a known length is read here, before any backend
                         // sees the request: a refused one never reaches it and the client's
@@ -414,13 +414,13 @@ impl ProxyHttp for Proxy {
                                 Ok(None) => break,
                                 Err(e) => {
                                     // Client gone or too slow: logging inspects what came.
-                                    ctx.waf = Some(crate::waf::Exclusive::new(Box::new(t)));
+                                    *ctx.waf.get_mut() = Some(Box::new(t));
                                     return Err(e);
                                 }
                             };
                             t.feed_body(&chunk);
                             if let Err(e) = count_body(ctx, chunk.len()) {
-                                ctx.waf = Some(crate::waf::Exclusive::new(Box::new(t)));
+                                *ctx.waf.get_mut() = Some(Box::new(t));
                                 return Err(e);
                             }
                         }
@@ -492,7 +492,7 @@ impl ProxyHttp for Proxy {
         count_body(ctx, body.as_ref().map_or(0, |b| b.len()))?;
         // WAF phase 2: hold the body back (an empty chunk sends nothing upstream) until it is
         // complete or the inspection limit is reached, then inspect it and let it go on.
-        if let Some(t) = ctx.waf.as_mut().map(crate::waf::Exclusive::get_mut) {
+        if let Some(t) = ctx.waf.get_mut() {
             if let Some(b) = body.take() {
                 t.feed_body(&b);
                 ctx.waf_held_bytes += b.len();
@@ -502,7 +502,7 @@ impl ProxyHttp for Proxy {
                 *body = Some(bytes::Bytes::new());
                 return Ok(());
             }
-            let Some(mut t) = ctx.waf.take().map(crate::waf::Exclusive::into_inner) else {
+            let Some(mut t) = ctx.waf.get_mut().take() else {
                 return Ok(());
             };
             if !t.refuse_oversize(ctx.waf_held_bytes as u64) {
@@ -702,7 +702,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         // 12. WAF response phases: 3 on the status and headers; 4 holds the body back.
-        if let Some(mut scan) = ctx.waf_resp.take().map(crate::waf::Exclusive::into_inner) {
+        if let Some(mut scan) = ctx.waf_resp.get_mut().take() {
             let head = session.req_header().method == http::Method::HEAD;
             let v = scan.headers(
                 upstream.status.as_u16(),
@@ -735,7 +735,7 @@ impl ProxyHttp for Proxy {
                     .disable(NoCacheReason::Custom("refused by the WAF"));
                 waf_finish(ctx, scan.into_transaction());
             } else if scan.holding() {
-                ctx.waf_resp = Some(crate::waf::Exclusive::new(scan));
+                *ctx.waf_resp.get_mut() = Some(scan);
             } else {
                 waf_finish(ctx, scan.into_transaction());
             }
@@ -766,7 +766,7 @@ impl ProxyHttp for Proxy {
         }
         // Phase 4: the body is held until inspected; refused, nothing of it goes out and,
         // its status being sent already, the connection ends.
-        if let Some(mut scan) = ctx.waf_resp.take().map(crate::waf::Exclusive::into_inner) {
+        if let Some(mut scan) = ctx.waf_resp.get_mut().take() {
             if let Some(_i) = scan.body(body, end_of_stream) {
                 let _ = self.waf_verdict(ctx, scan.transaction());
                 *body = None;
@@ -774,7 +774,7 @@ impl ProxyHttp for Proxy {
                 return Error::e_explain(ConnectionClosed, "response body refused by the WAF");
             }
             if scan.holding() {
-                ctx.waf_resp = Some(crate::waf::Exclusive::new(scan));
+                *ctx.waf_resp.get_mut() = Some(scan);
             } else {
                 let _ = self.waf_verdict(ctx, scan.transaction());
                 waf_finish(ctx, scan.into_transaction());
@@ -865,12 +865,12 @@ impl ProxyHttp for Proxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         // A body the WAF waited for never came (client gone, or answered locally): inspect
         // what arrived, for the record.
-        if let Some(mut t) = ctx.waf.take().map(crate::waf::Exclusive::into_inner) {
+        if let Some(mut t) = ctx.waf.get_mut().take() {
             t.process_request_body();
             let _ = self.waf_verdict(ctx, &t);
             waf_finish(ctx, t);
         }
-        if let Some(scan) = ctx.waf_resp.take().map(crate::waf::Exclusive::into_inner) {
+        if let Some(scan) = ctx.waf_resp.get_mut().take() {
             let _ = self.waf_verdict(ctx, scan.transaction());
             waf_finish(ctx, scan.into_transaction());
         }
@@ -1042,9 +1042,8 @@ fn keep_for_response(ctx: &mut Ctx, t: Box<crate::waf::Transaction>) {
         .and_then(|(s, ti)| s.tenants[ti as usize].waf.response().cloned());
     match cfg {
         Some(cfg) => {
-            ctx.waf_resp = Some(crate::waf::Exclusive::new(Box::new(
-                crate::waf::response::ResponseScan::new(t, cfg),
-            )));
+            *ctx.waf_resp.get_mut() =
+                Some(Box::new(crate::waf::response::ResponseScan::new(t, cfg)));
         }
         None => waf_finish(ctx, t),
     }

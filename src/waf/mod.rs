@@ -28,14 +28,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 pub use transaction::{BodyLimits, Exclusions, Intervention, Plan, Plans, Transaction};
 
-/// A value reachable only by value or through `&mut`, and so shareable between threads by
-/// reference whatever it holds: a transaction keeps its memo cells in single-threaded
+/// A value reachable only through `&mut`, and so shareable between threads by reference
+/// whatever it holds: a transaction keeps its memo cells in single-threaded
 /// `OnceCell`s (an atomic `OnceLock` cost two atomic operations per value and request), and
 /// this is how it sits in the proxy's per-request context, which pingora wants `Sync`.
 pub struct Exclusive<T>(T);
 
-// SAFETY: `&Exclusive<T>` gives no access to the `T` (`get_mut` takes `&mut self`,
-// `into_inner` takes `self`), so sharing one between threads shares nothing of the `T`.
+// SAFETY: `&Exclusive<T>` gives no access to the `T` (`get_mut` takes `&mut self`), so
+// sharing one between threads shares nothing of the `T`.
 unsafe impl<T: Send> Sync for Exclusive<T> {}
 
 impl<T> Exclusive<T> {
@@ -45,10 +45,6 @@ impl<T> Exclusive<T> {
 
     pub fn get_mut(&mut self) -> &mut T {
         &mut self.0
-    }
-
-    pub fn into_inner(self) -> T {
-        self.0
     }
 }
 

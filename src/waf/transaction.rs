@@ -2100,26 +2100,18 @@ impl Transaction {
                             slot.is_some_and(|s| memo.is_some_and(|m| m.known_miss(s)));
                         // A value this (pure) link matched before matches again, with the
                         // same captures: the operator does not run again.
-                        let known_hit = if known_miss {
-                            None
+                        let known = slot.zip(memo);
+                        let hit = if known_miss {
+                            false
+                        } else if let Some(c) = known.and_then(|(s, m)| m.known_hit(s)) {
+                            local_caps = c;
+                            true
                         } else {
-                            slot.zip(memo).and_then(|(s, m)| m.known_hit(s))
-                        };
-                        let hit = match known_hit {
-                            Some(c) => {
-                                local_caps = c;
-                                true
+                            let hit = link.op.matches(v, &mx, link.capture, &mut local_caps);
+                            if let (true, Some((s, m))) = (hit, known) {
+                                m.set_hit(s, if link.capture { &local_caps } else { &[] });
                             }
-                            None => {
-                                !known_miss && {
-                                    let hit =
-                                        link.op.matches(v, &mx, link.capture, &mut local_caps);
-                                    if let (true, Some(s), Some(m)) = (hit, slot, memo) {
-                                        m.set_hit(s, if link.capture { &local_caps } else { &[] });
-                                    }
-                                    hit
-                                }
-                            }
+                            hit
                         };
                         if hit {
                             if link.capture {
