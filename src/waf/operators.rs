@@ -466,10 +466,14 @@ impl Operator {
             Kind::ValidateUrlEncoding => invalid_url_encoding(input),
             Kind::ValidateUtf8Encoding => invalid_utf8(input),
             Kind::DetectSqli => {
-                let r = libinjectionrs::detect_sqli(input);
-                let hit = r.is_injection();
+                // `detect_sqli` tokenises the input once more after the verdict, for the
+                // fingerprint: asked for only when the value matched (the same verdict, as
+                // `detect_sqli` runs this same detection on a fresh state).
+                let hit =
+                    libinjectionrs::SqliState::new(input, libinjectionrs::SqliFlags::FLAG_NONE)
+                        .detect();
                 if hit && capture {
-                    if let Some(fp) = &r.fingerprint {
+                    if let Some(fp) = &libinjectionrs::detect_sqli(input).fingerprint {
                         captures.push(fp.to_string().into_bytes());
                     }
                 }
@@ -1294,10 +1298,17 @@ mod recorded {
     /// SQLi differences are inputs with NULs. None of libinjection's own test inputs and
     /// none of the CRS regression payloads differ. This test fails if the set of
     /// differences changes.
+    /// Through the operators, as rules call them: the verdict and, on a match, the captured
+    /// fingerprint (which the operator asks for apart from the verdict) must be the library's.
     #[test]
     fn libinjection_as_libmodsecurity() {
         let (mut same, mut known, mut new) = (0, 0, Vec::new());
         let text = include_str!("operators/libinjection-modsecurity-3.0.9.tsv");
+        let (sqli_op, xss_op) = (
+            Operator::compile("detectSQLi", "", false, Path::new(".")).expect("compiles"),
+            Operator::compile("detectXSS", "", false, Path::new(".")).expect("compiles"),
+        );
+        let mut caps = Vec::new();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let f: Vec<&str> = line.split('\t').collect();
             let (input, sqli, xss) = match f[..] {
@@ -1306,11 +1317,18 @@ mod recorded {
             };
             let differs = f.get(3) == Some(&"differs");
             let r = libinjectionrs::detect_sqli(&input);
-            let ours_sqli = match (&r.is_injection(), &r.fingerprint) {
-                (true, Some(fp)) => format!("1 {fp}"),
+            let ours_sqli = match (
+                sqli_op.matches(&input, &NoMacros, true, &mut caps),
+                &r.fingerprint,
+            ) {
+                (true, Some(fp)) => {
+                    assert_eq!(caps, [fp.to_string().into_bytes()], "{input:?}");
+                    format!("1 {fp}")
+                }
                 _ => "0 -".to_string(),
             };
-            let ours_xss = if libinjectionrs::detect_xss(&input).is_injection() {
+            assert_eq!(ours_sqli.starts_with('1'), r.is_injection(), "{input:?}");
+            let ours_xss = if xss_op.matches(&input, &NoMacros, false, &mut caps) {
                 "1"
             } else {
                 "0"
