@@ -1297,9 +1297,9 @@ mod recorded {
     /// flags any attribute starting with "on") and reads NULs inside names differently; the
     /// SQLi differences are inputs with NULs. None of libinjection's own test inputs and
     /// none of the CRS regression payloads differ. This test fails if the set of
-    /// differences changes.
-    /// Through the operators, as rules call them: the verdict and, on a match, the captured
-    /// fingerprint (which the operator asks for apart from the verdict) must be the library's.
+    /// differences changes. The inputs go through the operators, as rules call them: the
+    /// verdict and, on a match, the captured fingerprint (which the operator asks for apart
+    /// from the verdict) must be the library's.
     #[test]
     fn libinjection_as_libmodsecurity() {
         let (mut same, mut known, mut new) = (0, 0, Vec::new());
