@@ -428,21 +428,17 @@ impl ProxyHttp for Proxy {
                         if !t.refuse_oversize(ctx.body_bytes) {
                             t.process_request_body();
                         }
-                        if let Some(i) = self.waf_verdict(ctx, &t) {
-                            waf_finish(ctx, Box::new(t));
+                        if let Some(i) = self.waf_request_verdict(ctx, Box::new(t)) {
                             return waf_refuse(session, ctx, i).await;
                         }
-                        keep_for_response(ctx, Box::new(t));
                     }
                 } else {
                     if t.intervention.is_none() {
                         t.process_request_body();
                     }
-                    if let Some(i) = self.waf_verdict(ctx, &t) {
-                        waf_finish(ctx, Box::new(t));
+                    if let Some(i) = self.waf_request_verdict(ctx, Box::new(t)) {
                         return waf_refuse(session, ctx, i).await;
                     }
-                    keep_for_response(ctx, Box::new(t));
                 }
             }
         }
@@ -508,13 +504,11 @@ impl ProxyHttp for Proxy {
             if !t.refuse_oversize(ctx.waf_held_bytes as u64) {
                 t.process_request_body();
             }
-            if let Some(i) = self.waf_verdict(ctx, &t) {
+            if let Some(i) = self.waf_request_verdict(ctx, t) {
                 let status = i.status;
                 ctx.waf_block = Some(i);
-                waf_finish(ctx, t);
                 return Error::e_explain(HTTPStatus(status), "refused by the WAF");
             }
-            keep_for_response(ctx, t);
             let held = std::mem::take(&mut ctx.waf_held);
             *body = Some(if held.len() == 1 {
                 held.into_iter().next().unwrap_or_default()
@@ -1000,6 +994,28 @@ impl Proxy {
             ctx.country,
         );
         Some(i)
+    }
+}
+
+impl Proxy {
+    /// The verdict on a transaction whose request phases are over: a refusal ends it (phase 5
+    /// included), a pass keeps it for the response phases. What it reports on the way goes
+    /// out in one write: a refusal's matches, its verdict and phase 5's correlation event.
+    fn waf_request_verdict(
+        &self,
+        ctx: &mut Ctx,
+        t: Box<crate::waf::Transaction>,
+    ) -> Option<crate::waf::Intervention> {
+        crate::events::batch(|| match self.waf_verdict(ctx, &t) {
+            Some(i) => {
+                waf_finish(ctx, t);
+                Some(i)
+            }
+            None => {
+                keep_for_response(ctx, t);
+                None
+            }
+        })
     }
 }
 
