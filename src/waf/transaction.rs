@@ -2142,7 +2142,8 @@ impl Transaction {
     }
 
     /// `multiMatch`: the operator sees the value and every different result along the
-    /// transformation chain. The intermediate results are cached like final ones.
+    /// transformation chain. The intermediate results are cached like final ones, and a match
+    /// is remembered like any pure link's, with the form that matched.
     #[allow(clippy::too_many_arguments)]
     fn multi_match(
         &self,
@@ -2175,8 +2176,24 @@ impl Transaction {
             if m.known_miss(s) {
                 return None;
             }
+            // Remembered as the captures, then the form that matched.
+            if let Some(mut c) = m.known_hit(s) {
+                let hit = c.pop();
+                if hit.is_some() {
+                    *caps = c;
+                    return hit;
+                }
+            }
         }
+        let remember = |caps: &[Vec<u8>], hit: &[u8]| {
+            if let (Some(s), Some(m)) = (slot, memo) {
+                let mut c = caps.to_vec();
+                c.push(hit.to_vec());
+                m.set_hit(s, &c);
+            }
+        };
         if link.op.matches(value, mx, link.capture, caps) {
+            remember(caps, value);
             return Some(value.to_vec());
         }
         let owned;
@@ -2192,6 +2209,7 @@ impl Transaction {
             let v = &rest[4..4 + n];
             rest = &rest[4 + n..];
             if link.op.matches(v, mx, link.capture, caps) {
+                remember(caps, v);
                 return Some(v.to_vec());
             }
         }
@@ -2619,6 +2637,45 @@ mod tests {
             None
         );
         // The next request with the value gets the same verdict, data and captures.
+        assert_eq!(run("t2"), first);
+    }
+
+    #[test]
+    fn a_remembered_multi_match_gives_the_form_that_matched_and_its_captures() {
+        // The raw value misses; its lower-cased form matches. The next request with the value
+        // must see that form as MATCHED_VAR, and the same captures, without the operator.
+        let set = Arc::new(
+            RuleSet::parse(
+                "SecRule ARGS:q \"@rx (a+)(b)\" \"id:1,phase:2,pass,log,capture,multiMatch,\
+                 t:none,t:lowercase,msg:'m',logdata:'%{TX.1}-%{TX.2} in %{MATCHED_VAR}',\
+                 setvar:tx.cap=%{TX.0}\"\n",
+            )
+            .expect("rules load"),
+        );
+        let slot = match &set.phases[2][0] {
+            Entry::Rule(r) => r.memo_slot.expect("a pure operator has a memo slot"),
+            Entry::Marker(_) => panic!("rule expected"),
+        };
+        let run = |id: &str| {
+            let mut t = Transaction::new(set.clone(), Mode::On, id);
+            assert!(get(&mut t, "/?q=xAAB&other=1").is_none());
+            let m = t.matches.first().expect("rule 1 matches").clone();
+            (m.data, m.var, t.tx("cap").map(<[u8]>::to_vec))
+        };
+        let first = run("t1");
+        assert_eq!(first.0, "aa-b in xaab");
+        assert_eq!(first.1, "ARGS:q");
+        assert_eq!(first.2.as_deref(), Some(&b"aab"[..]));
+        let memo = memo::value(set.id, set.memo_widths.len(), set.memo_slots, b"xAAB");
+        assert_eq!(
+            memo.known_hit(slot),
+            Some(vec![
+                b"aab".to_vec(),
+                b"aa".to_vec(),
+                b"b".to_vec(),
+                b"xaab".to_vec()
+            ])
+        );
         assert_eq!(run("t2"), first);
     }
 
