@@ -422,6 +422,8 @@ pub struct RuleSet {
     pub hot_excepts: Vec<(u16, Box<[KeyPat]>)>,
     /// The rules `Hot::gate` points to.
     pub gates: Vec<Gate>,
+    /// The first links `Hot::count` points to.
+    pub counts: Vec<CountGate>,
     /// Literal scans that prove value-only regexes cannot match a value (`prefilter`).
     pub prefilters: super::prefilter::Prefilters,
 }
@@ -467,6 +469,35 @@ impl Gate {
     }
 }
 
+/// A first link that compares one count with a constant: `&REQUEST_HEADERS:Host "@eq 0"`,
+/// `&MULTIPART_PART_HEADERS "@gt 0"`, of which the CRS runs half a dozen per request. When
+/// the count (as `Transaction::quick_count` makes it) fails the test, the rule cannot match
+/// and is passed over without the general path; when it passes, the rule is evaluated as any
+/// other. No transformation and no exclusion, so the count is what the operator would see.
+#[derive(Debug)]
+pub struct CountGate {
+    pub var: Var,
+    pub test: super::operators::NumTest,
+}
+
+impl CountGate {
+    fn of(r: &Rule, chains: &[Vec<Transform>]) -> Option<CountGate> {
+        let [var] = r.targets.as_slice() else {
+            return None;
+        };
+        let plain = var.count
+            && r.exclusions.is_empty()
+            && chains
+                .get(r.transforms as usize)
+                .is_some_and(|c| c.is_empty())
+            && !r.multi_match;
+        Some(CountGate {
+            var: var.clone(),
+            test: r.op.num_test().filter(|_| plain)?,
+        })
+    }
+}
+
 /// One target of a hot set: a collection, and the key it selects when it names one
 /// (`REQUEST_HEADERS:User-Agent`): only the values under that key count then. Other
 /// selectors count as the whole collection (more values can only make fewer rules pass
@@ -494,6 +525,8 @@ pub struct Hot {
     pub set: u32,
     /// 1 + the rule's index in `RuleSet::gates` when it is a `Gate`, else 0.
     pub gate: u32,
+    /// 1 + the index in `RuleSet::counts` when the first link is a `CountGate`, else 0.
+    pub count: u32,
 }
 
 impl RuleSet {
@@ -557,6 +590,7 @@ impl RuleSet {
                 hot_sets: Vec::new(),
                 hot_excepts: Vec::new(),
                 gates: Vec::new(),
+                counts: Vec::new(),
                 prefilters: Default::default(),
             },
             chain_index: HashMap::new(),
@@ -705,7 +739,12 @@ impl RuleSet {
                             slot,
                             set: set as u32 + 1,
                             gate: 0,
+                            count: 0,
                         };
+                    }
+                    if let Some(g) = CountGate::of(r, &b.set.chains) {
+                        b.set.counts.push(g);
+                        h.count = b.set.counts.len() as u32;
                     }
                     if let Some(g) = Gate::of(r, &b.set.chains) {
                         b.set.gates.push(g);

@@ -1851,6 +1851,22 @@ impl Transaction {
                 at += 1;
                 continue;
             }
+            // A first link comparing a count the rule's targets cannot change: tested on the
+            // count alone, the rule evaluated only when it passes.
+            if hot.count > 0
+                && self.removed_targets.is_empty()
+                && self.removed_targets_tag.is_empty()
+            {
+                let g = &rules.counts[hot.count as usize - 1];
+                if let Some(n) = self.quick_count(&g.var, &[], &[]) {
+                    let mut buf = itoa::Buffer::new();
+                    if !g.test.test(buf.format(n).as_bytes()) {
+                        self.matched.clear();
+                        at += 1;
+                        continue;
+                    }
+                }
+            }
             let Entry::Rule(rule) = &list[at] else {
                 at += 1;
                 continue;
@@ -2777,6 +2793,31 @@ mod tests {
         // A value holding a literal without a match runs the rule and is then known.
         assert_eq!(run("/?q=please+select+a+plan"), (None, 1));
         assert_eq!(run("/?q=please+select+a+plan"), (None, 0));
+    }
+
+    #[test]
+    fn a_count_that_fails_its_test_passes_the_rule_over() {
+        let set = Arc::new(
+            RuleSet::parse(
+                "SecRule &REQUEST_HEADERS:Host \"@eq 0\" \"id:1,phase:1,deny,status:400\"\n\
+                 SecRule &REQUEST_HEADERS:Transfer-Encoding \"!@eq 0\" \"id:2,phase:1,deny,status:401\"\n\
+                 SecRule &ARGS_GET \"@gt 2\" \"id:3,phase:1,deny,status:402\"\n",
+            )
+            .expect("rules load"),
+        );
+        let run = |uri: &str, te: bool| {
+            let mut t = Transaction::new(set.clone(), Mode::On, "c");
+            if te {
+                t.add_header("Transfer-Encoding", b"chunked");
+            }
+            let verdict = get(&mut t, uri).map(|i| i.rule_id);
+            (verdict, t.chains)
+        };
+        // Each count fails its test: no rule goes through the general path.
+        assert_eq!(run("/?a=1", false), (None, 0));
+        // A count that passes runs its rule, which decides as before.
+        assert_eq!(run("/?a=1", true), (Some(2), 1));
+        assert_eq!(run("/?a=1&b=2&c=3", false), (Some(3), 1));
     }
 
     #[test]
