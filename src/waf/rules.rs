@@ -440,31 +440,42 @@ pub struct Gate {
     pub test: super::operators::NumTest,
 }
 
+/// The first link of `r` when it compares its one target, untransformed and with nothing
+/// left out, with a constant (`@eq/@ge/@gt/@le/@lt`, `multiMatch` aside): the target and the
+/// test, for `Gate` and `CountGate`.
+fn numeric_link<'r>(
+    r: &'r Rule,
+    chains: &[Vec<Transform>],
+) -> Option<(&'r Var, super::operators::NumTest)> {
+    let [var] = r.targets.as_slice() else {
+        return None;
+    };
+    let plain = r.exclusions.is_empty()
+        && chains
+            .get(r.transforms as usize)
+            .is_some_and(|c| c.is_empty())
+        && !r.multi_match;
+    Some((var, r.op.num_test().filter(|_| plain)?))
+}
+
 impl Gate {
     fn of(r: &Rule, chains: &[Vec<Transform>]) -> Option<Gate> {
-        let [var] = r.targets.as_slice() else {
-            return None;
-        };
+        let (var, test) = numeric_link(r, chains)?;
         let Some(Sel::Key(key)) = &var.selector else {
             return None;
         };
         let plain = r.chain.is_none()
             && seclang::VARIABLES.get(var.coll) == Some(&"TX")
             && !var.count
-            && r.exclusions.is_empty()
-            && chains
-                .get(r.transforms as usize)
-                .is_some_and(|c| c.is_empty())
-            && !r.multi_match
             && !r.capture
             && r.disruptive == Some(Disruptive::Pass)
             && r.setvars.is_empty()
             && r.ctls.is_empty()
             && !r.log;
-        Some(Gate {
+        plain.then(|| Gate {
             key: key.clone(),
             hash: super::transaction::tx_key_hash(key),
-            test: r.op.num_test().filter(|_| plain)?,
+            test,
         })
     }
 }
@@ -482,18 +493,10 @@ pub struct CountGate {
 
 impl CountGate {
     fn of(r: &Rule, chains: &[Vec<Transform>]) -> Option<CountGate> {
-        let [var] = r.targets.as_slice() else {
-            return None;
-        };
-        let plain = var.count
-            && r.exclusions.is_empty()
-            && chains
-                .get(r.transforms as usize)
-                .is_some_and(|c| c.is_empty())
-            && !r.multi_match;
-        Some(CountGate {
+        let (var, test) = numeric_link(r, chains)?;
+        var.count.then(|| CountGate {
             var: var.clone(),
-            test: r.op.num_test().filter(|_| plain)?,
+            test,
         })
     }
 }

@@ -2618,26 +2618,34 @@ mod tests {
         assert_eq!(refused.rule_id, 3);
     }
 
-    #[test]
-    fn a_remembered_match_gives_the_same_data_and_captures() {
-        let set = Arc::new(
-            RuleSet::parse(
-                "SecRule ARGS:q \"@rx (a+)(b)\" \"id:1,phase:2,pass,log,capture,\
-                 t:lowercase,msg:'m',logdata:'%{TX.1}-%{TX.2} in %{MATCHED_VAR}',\
-                 setvar:tx.cap=%{TX.0}\"\n",
-            )
-            .expect("rules load"),
-        );
+    /// The first match of rule 1 on `ARGS:q` in a request with `q=xAAB`: its data, variable
+    /// and TX:cap.
+    type Seen = (String, String, Option<Vec<u8>>);
+
+    /// `rule` loaded, the memo slot of its (only) link, and a run of one request through it.
+    fn remembered(rule: &str) -> (Arc<RuleSet>, u32, impl Fn(&str) -> Seen) {
+        let set = Arc::new(RuleSet::parse(rule).expect("rules load"));
         let slot = match &set.phases[2][0] {
             Entry::Rule(r) => r.memo_slot.expect("a pure operator has a memo slot"),
             Entry::Marker(_) => panic!("rule expected"),
         };
-        let run = |id: &str| {
-            let mut t = Transaction::new(set.clone(), Mode::On, id);
+        let rules = set.clone();
+        let run = move |id: &str| {
+            let mut t = Transaction::new(rules.clone(), Mode::On, id);
             assert!(get(&mut t, "/?q=xAAB&other=1").is_none());
             let m = t.matches.first().expect("rule 1 matches").clone();
             (m.data, m.var, t.tx("cap").map(<[u8]>::to_vec))
         };
+        (set, slot, run)
+    }
+
+    #[test]
+    fn a_remembered_match_gives_the_same_data_and_captures() {
+        let (set, slot, run) = remembered(
+            "SecRule ARGS:q \"@rx (a+)(b)\" \"id:1,phase:2,pass,log,capture,\
+             t:lowercase,msg:'m',logdata:'%{TX.1}-%{TX.2} in %{MATCHED_VAR}',\
+             setvar:tx.cap=%{TX.0}\"\n",
+        );
         let first = run("t1");
         assert_eq!(first.0, "aa-b in xaab");
         assert_eq!(first.1, "ARGS:q");
@@ -2660,24 +2668,11 @@ mod tests {
     fn a_remembered_multi_match_gives_the_form_that_matched_and_its_captures() {
         // The raw value misses; its lower-cased form matches. The next request with the value
         // must see that form as MATCHED_VAR, and the same captures, without the operator.
-        let set = Arc::new(
-            RuleSet::parse(
-                "SecRule ARGS:q \"@rx (a+)(b)\" \"id:1,phase:2,pass,log,capture,multiMatch,\
-                 t:none,t:lowercase,msg:'m',logdata:'%{TX.1}-%{TX.2} in %{MATCHED_VAR}',\
-                 setvar:tx.cap=%{TX.0}\"\n",
-            )
-            .expect("rules load"),
+        let (set, slot, run) = remembered(
+            "SecRule ARGS:q \"@rx (a+)(b)\" \"id:1,phase:2,pass,log,capture,multiMatch,\
+             t:none,t:lowercase,msg:'m',logdata:'%{TX.1}-%{TX.2} in %{MATCHED_VAR}',\
+             setvar:tx.cap=%{TX.0}\"\n",
         );
-        let slot = match &set.phases[2][0] {
-            Entry::Rule(r) => r.memo_slot.expect("a pure operator has a memo slot"),
-            Entry::Marker(_) => panic!("rule expected"),
-        };
-        let run = |id: &str| {
-            let mut t = Transaction::new(set.clone(), Mode::On, id);
-            assert!(get(&mut t, "/?q=xAAB&other=1").is_none());
-            let m = t.matches.first().expect("rule 1 matches").clone();
-            (m.data, m.var, t.tx("cap").map(<[u8]>::to_vec))
-        };
         let first = run("t1");
         assert_eq!(first.0, "aa-b in xaab");
         assert_eq!(first.1, "ARGS:q");
